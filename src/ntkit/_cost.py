@@ -1,0 +1,130 @@
+"""The cost model behind `implementation="auto"`: FLOPs and memory of each method, estimated from shapes.
+
+With `F` the FLOPs of one forward pass per example (summed over the traced program: `2·m·n·k` per matrix
+product and convolution, one per element otherwise), `P` the parameter count, `O` the outputs per example, `E`
+the kernel entries per pair of examples (`O` traced, `O²` full), `N1, N2` the examples (a whole-batch pass costs
+`N·F` when examples may interact, `vmap_axes=None`):
+
+* jacobian: `(N1 + N2)·O` backward passes (`3F` each) plus `2·N1·N2·E·P` to contract; memory `(N1 + N2)·O·P`.
+* ntvp: per column, a vjp on one `x2` example and a jvp over all of `x1`: `N2·O·(3F + 3·N1·F)`; memory `O·P`.
+* structured: the same backward passes, plus for every dense/convolutional weight the einsum cost that
+  `opt_einsum` finds for its four-operand contraction, plus `2·N1·N2·E·p` for other parameters `p`; memory
+  `(N1 + N2)·O·(activations + p)`.
+
+The cheapest method whose memory fits in half of the machine's memory wins; if none fits, the least memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import numpy as np
+import opt_einsum
+
+from ._axes import KernelLayout
+from ._model import Model
+
+
+def _memory_limit_bytes() -> float:
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 4e9
+
+
+def forward_flops(prog) -> float:
+    total = 0.0
+    for op in prog.ops:
+        out = sum(math.prod(a.shape) for a in op.out_avals)
+        if op.name == "dot_general":
+            (lc, _), _ = op.params["dimension_numbers"]
+            lhs = op.ins[0]
+            shape = prog.avals[lhs].shape if isinstance(lhs, int) else np.shape(lhs.value)
+            total += 2.0 * out * math.prod(shape[d] for d in lc)
+        elif op.name == "conv_general_dilated":
+            rhs = op.ins[1]
+            shape = prog.avals[rhs].shape if isinstance(rhs, int) else np.shape(rhs.value)
+            out_features = shape[op.params["dimension_numbers"].rhs_spec[0]]
+            total += 2.0 * out * math.prod(shape) / out_features
+        else:
+            total += out
+    return total
+
+
+def estimate_costs(model: Model, layout: KernelLayout, x1, x2, params) -> dict[str, tuple[float, float]]:
+    """`{implementation: (flops, bytes)}` for the given shapes."""
+    from ._structured import _conv_spec, _dot_spec, make_plan, trace_program
+
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    sides = n1 if x2 is None else n1 + n2
+    itemsize = np.dtype(x1.dtype).itemsize if np.issubdtype(x1.dtype, np.floating) else 4
+    n_params = sum(math.prod(leaf.shape) for leaf in leaves)
+    n_out = layout.out_size
+    entries = layout.pairs_per_example_pair()
+
+    def flat_f(*args):
+        return model.f(jax.tree_util.tree_unflatten(treedef, args[:-1]), args[-1])
+
+    shape = (1,) + x1.shape[1:] if model.per_example else x1.shape
+    prog = trace_program(flat_f, *leaves, jax.ShapeDtypeStruct(shape, x1.dtype))
+    flops_fwd = forward_flops(prog) / (1 if model.per_example else x1.shape[0])
+    pass_cost = flops_fwd if model.per_example else flops_fwd * max(n1, n2)  # one backward/forward pass
+
+    backward = sides * n_out * 3.0 * pass_cost
+    costs = {
+        "jacobian": (backward + 2.0 * n1 * n2 * entries * n_params, sides * n_out * n_params * itemsize),
+        "ntvp": (n2 * n_out * (3.0 * pass_cost + 3.0 * n1 * flops_fwd),
+                 (n_out * n_params + n1 * n2 * n_out * n_out) * itemsize),
+    }
+    plan = make_plan(prog, len(leaves))
+    if plan is not None:
+        flops, activations, generic = backward, 0.0, 0.0
+        for p, kind in enumerate(plan.kinds):
+            if kind in ("dot", "conv"):
+                ((k, (pos,)),) = plan.consumers[p]
+                op = prog.ops[k]
+                other = op.ins[1 - pos]
+                x_shape = prog.avals[other].shape if isinstance(other, int) else np.shape(other.value)
+                y_shape = op.out_avals[0].shape
+                if kind == "conv":
+                    rhs_shape = prog.avals[op.ins[pos]].shape
+                    dn = op.params["dimension_numbers"]
+                    c_q = x_shape[dn.lhs_spec[1]] * math.prod(rhs_shape[d] for d in dn.rhs_spec[2:])
+                    x_shape = tuple(c_q if d == dn.out_spec[1] else s for d, s in enumerate(y_shape))
+                    spec = _conv_spec(op, layout, model.per_example)
+                else:
+                    spec = _dot_spec(op, pos, layout, model.per_example, len(x_shape))
+                lead = (n1,) if model.per_example else ()
+                lead2 = (n2,) if model.per_example else ()
+                g1 = (n1,) + layout.out_shape + tuple(y_shape)
+                g2 = (n2,) + layout.out_shape + tuple(y_shape)
+                operands = [lead + tuple(x_shape), g1, lead2 + tuple(x_shape), g2]
+                _, info = opt_einsum.contract_path(spec, *operands, shapes=True, optimize="optimal")
+                flops += float(info.opt_cost)
+                activations += math.prod(x_shape) + math.prod(y_shape) * n_out
+            elif kind == "generic":
+                generic += math.prod(leaves[p].shape)
+        flops += 2.0 * n1 * n2 * entries * generic + sides * n_out * 2.0 * generic
+        costs["structured"] = (flops, sides * (activations + n_out * generic) * itemsize)
+    return costs
+
+
+def choose_implementation(model: Model, layout: KernelLayout, x1, x2, params, kwargs) -> str:
+    if kwargs:
+        # Keyword arguments can change the traced program; estimate without them is still a fair guide, but
+        # models that need them to trace are left to the method that is never the slowest by far.
+        try:
+            costs = estimate_costs(model, layout, x1, x2, params)
+        except TypeError:
+            return "structured"
+    else:
+        costs = estimate_costs(model, layout, x1, x2, params)
+    limit = _memory_limit_bytes()
+    fitting = {k: v for k, v in costs.items() if v[1] <= limit}
+    if fitting:
+        return min(fitting, key=lambda k: fitting[k][0])
+    return min(costs, key=lambda k: costs[k][1])

@@ -1,0 +1,67 @@
+"""Linearized and Taylor-expanded models around fixed parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+
+from ._checks import check_params
+
+
+def _delta(params, params0):
+    return jax.tree_util.tree_map(lambda p, p0: p - p0, params, params0)
+
+
+def linearize(f: Callable, params) -> Callable:
+    """First-order Taylor expansion of `f` in its parameters around `params`.
+
+    `f_lin(p, x) = f(params, x) + J(x) (p − params)`, computed with one `jvp` (no Jacobian stored). Trained by
+    gradient descent it follows the NTK dynamics of `f` at `params` exactly (Lee et al. 2019).
+
+    Example:
+      >>> f_lin = ntkit.linearize(f, params0)
+      >>> f_lin(params0, x)  # equals f(params0, x)
+    """
+    check_params(params)
+
+    def f_lin(p, *args, **kwargs):
+        out, tangent = jax.jvp(lambda q: f(q, *args, **kwargs), (params,), (_delta(p, params),))
+        return out + tangent
+
+    return f_lin
+
+
+def taylor_expand(f: Callable, params, degree: int) -> Callable:
+    """Taylor expansion of `f` in its parameters around `params` to `degree` (0 is `f(params, ·)`).
+
+    `f_k(p, x) = Σ_{j ≤ degree} (1/j!) D^j f(params, x)[Δ, …, Δ]` with `Δ = p − params`, by nested `jvp`s.
+    """
+    if not isinstance(degree, int) or isinstance(degree, bool) or degree < 0:
+        raise ValueError(f"`degree` must be a non-negative integer, got {degree!r}.")
+    check_params(params)
+
+    def f_taylor(p, *args, **kwargs):
+        delta = _delta(p, params)
+
+        def g(q):
+            return f(q, *args, **kwargs)
+
+        # Coefficients of s ↦ f(params + s Δ) at s = 0 by repeated jvp along the line.
+        def along(s):
+            return g(jax.tree_util.tree_map(lambda p0, d: p0 + s * d, params, delta))
+
+        total = along(0.0)
+        deriv = along
+        factorial = 1.0
+        for j in range(1, degree + 1):
+            prev = deriv
+
+            def deriv(s, prev=prev):
+                return jax.jvp(prev, (s,), (1.0,))[1]
+
+            factorial *= j
+            total = total + deriv(0.0) / factorial
+        return total
+
+    return f_taylor

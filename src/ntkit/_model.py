@@ -1,0 +1,44 @@
+"""A user model `f(params, x, **kwargs)` seen one example at a time or as a whole batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+
+
+@dataclass(frozen=True)
+class Model:
+    """Wraps `f` with the knowledge of whether examples are independent.
+
+    `per_example=True` (from `vmap_axes=0`) promises that `f` applied to a batch equals `f` applied to each
+    example and stacked, so derivatives are taken one example at a time under `vmap`: an `N × O` Jacobian
+    costs `N · O` single-example backward passes instead of `N · O` whole-batch ones.
+    """
+
+    f: Callable[..., Any]
+    per_example: bool
+
+    def batch(self, params, x, kwargs):
+        return self.f(params, x, **kwargs)
+
+    def single(self, params, x, kwargs):
+        """`f` on one example `x` (no batch axis); the batch axis is added and removed around the call."""
+        return self.f(params, x[None], **kwargs)[0]
+
+
+def output_shape(model: Model, params, x, kwargs) -> tuple[int, ...]:
+    """Shape of `f(params, x)` after checking the output is one array with the batch axis first."""
+    out = jax.eval_shape(lambda p, xx: model.batch(p, xx, kwargs), params, x)
+    if not hasattr(out, "shape") or not hasattr(out, "dtype"):
+        raise TypeError(
+            f"`f(params, x)` must return a single array with the batch axis first, got {type(out).__name__}."
+        )
+    if len(out.shape) == 0 or out.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"`f(params, x)` must return an array with the batch axis first: for x of shape {x.shape} "
+            f"it returned shape {out.shape}."
+        )
+    return tuple(out.shape)
