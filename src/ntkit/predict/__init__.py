@@ -1,0 +1,14 @@
+"""Predictions of training dynamics and Bayesian inference from NTK/NNGP kernels (neural-tangents' `predict`).
+
+* `gradient_descent_mse`: closed-form gradient flow on the mean squared loss, train and test outputs at any time;
+* `gradient_descent`: the same for any loss (cross-entropy, ...) by integrating the ODE, optionally with momentum;
+* `gradient_descent_mse_ensemble`: mean and covariance of an infinite ensemble of infinitely wide networks;
+* `gp_inference`: NNGP / NTK / NTK-GP posteriors;
+* `max_learning_rate`: the largest stable learning rate of full-batch gradient descent.
+
+Conventions (THEORY.md §3): loss `1/(2nk) Σ ‖f − y‖²`, time `t` in steps, `τ = η t/(nk)`; kernels have the
+layout of `ntkit.empirical_ntk_fn` and stand for `Θ ⊗ I` along `trace_axes`. Reference: Lee et al. 2019, "Wide
+neural networks of any depth evolve as linear models under gradient descent".
+"""
+
+from ._mse import gradient_descent_mse as gradient_descent_mse
