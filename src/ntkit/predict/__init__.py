@@ -11,4 +11,8 @@ layout of `ntkit.empirical_ntk_fn` and stand for `Θ ⊗ I` along `trace_axes`. 
 neural networks of any depth evolve as linear models under gradient descent".
 """
 
+from ._ensemble import gradient_descent_mse_ensemble as gradient_descent_mse_ensemble
+from ._gp import Gaussian as Gaussian
+from ._gp import gp_inference as gp_inference
+from ._lr import max_learning_rate as max_learning_rate
 from ._mse import gradient_descent_mse as gradient_descent_mse

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ._common import Factorizations, Layout, as_array, check_scalar, check_symmetric, decay_factors, float_dtype, \
-    regularize, times
+from ._common import (
+    Factorizations,
+    Layout,
+    as_array,
+    check_scalar,
+    check_symmetric,
+    decay_factors,
+    float_dtype,
+    regularize,
+    times,
+)
 
 
 def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, diag_reg: float = 0.0,
@@ -88,6 +97,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
             g0 = layout.check_outputs(0.0 if fx_test_0 is None else fx_test_0, n_test, "fx_test_0", dtype)
 
         if t is None:
+            fac.cho  # noqa: B018  (factorizes once; a singular kernel has no infinite-time limit equal to Y)
             train = jnp.broadcast_to(y_train, f0.shape)
             if want_test:
                 test = g0 - layout.from_matrix(kxt @ fac.solve(resid), n_test)

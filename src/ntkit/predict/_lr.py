@@ -1,0 +1,50 @@
+"""The largest stable learning rate of full-batch gradient descent on the mean squared loss."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import as_array, check_scalar
+
+
+def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: float = 0.0) -> float:
+    r"""Critical learning rate `η_crit = 2 (1 + μ) n k / λ_max(Θ)` of (heavy-ball) gradient descent on MSE.
+
+    With the loss `1/(2nk) Σ ‖f − y‖²`, a model with constant NTK `Θ` follows
+    `f_{s+1} − Y = (I − η Θ/(nk)) (f_s − Y)` (THEORY.md §3): the error along the top eigenvector is multiplied by
+    `1 − η λ_max/(nk)` each step, so gradient descent converges iff `η < 2nk/λ_max`. With heavy-ball momentum `μ`
+    the bound is `2 (1 + μ) nk/λ_max`. Wide networks in NTK parameterization train below it and diverge (or leave
+    the lazy regime) above it (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under
+    gradient descent").
+
+    Args:
+      k_train_train: train-train NTK, `(N, N)` or `(N, N, O_a, O_a', ...)` (pairs over untraced output axes).
+      y_train_size: `nk`, the number of training targets (`y_train.size`); `None` means the side of the kernel
+        seen as a matrix, `N·O_a·...` (right when no output axis is traced, or for one output).
+      momentum: heavy-ball momentum `μ ∈ [0, 1)`.
+
+    Returns:
+      `η_crit` as a Python float.
+
+    Example:
+      >>> import jax.numpy as jnp, ntkit
+      >>> ntkit.predict.max_learning_rate(jnp.eye(3) * 2.0, y_train_size=6)
+      6.0
+    """
+    k = np.asarray(as_array(k_train_train, "k_train_train"), dtype=np.float64)
+    if k.ndim < 2 or k.ndim % 2 or k.shape[0] != k.shape[1] or k.shape[2::2] != k.shape[3::2]:
+        raise ValueError(f"`k_train_train` must have shape (N, N, O_a, O_a', ...), got {k.shape}.")
+    momentum = check_scalar(momentum, "momentum")
+    if momentum >= 1:
+        raise ValueError(f"`momentum` must be in [0, 1), got {momentum}.")
+    side = int(np.prod(k.shape[::2]))
+    mat = np.transpose(k, (*range(0, k.ndim, 2), *range(1, k.ndim, 2))).reshape(side, side)
+    if y_train_size is None:
+        y_train_size = side
+    if isinstance(y_train_size, bool) or not isinstance(y_train_size, int | np.integer) or y_train_size < 1:
+        raise ValueError(f"`y_train_size` must be a positive integer (y_train.size), got {y_train_size!r}.")
+    lam_max = float(np.linalg.eigvalsh((mat + mat.T) / 2)[-1])
+    if not lam_max > 0:
+        raise ValueError(f"`k_train_train` has no positive eigenvalue (largest {lam_max:.3g}); any learning rate is "
+                         "stable, there is no critical one.")
+    return 2.0 * (1.0 + momentum) * int(y_train_size) / lam_max
