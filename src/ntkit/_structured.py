@@ -301,12 +301,16 @@ def _generic_jacobian(prog, plan, p, leaves, rec, g, per_example, n_lead):
 
 def structured_kernel(model: Model, layout: KernelLayout, x1, x2, params, kwargs, fallback):
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    kw_leaves, kw_tree = jax.tree_util.tree_flatten(kwargs)
+    all_kw_leaves, kw_tree = jax.tree_util.tree_flatten(kwargs)
+    is_array = [isinstance(leaf, jax.Array) for leaf in all_kw_leaves]
+    kw_leaves = [leaf for leaf, a in zip(all_kw_leaves, is_array, strict=True) if a]
     n_params = len(leaves)
 
     def flat_f(*args):
         p = jax.tree_util.tree_unflatten(treedef, args[:n_params])
-        kw = jax.tree_util.tree_unflatten(kw_tree, args[n_params + 1:])
+        arrays = iter(args[n_params + 1:])
+        kw = jax.tree_util.tree_unflatten(
+            kw_tree, [next(arrays) if a else leaf for leaf, a in zip(all_kw_leaves, is_array, strict=True)])
         return model.batch(p, args[n_params], kw)
 
     def program_for(x):

@@ -1,0 +1,164 @@
+"""Every empirical implementation equals a brute-force Jacobian reference, on several model families."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntkit
+from tests.models import MODELS, brute_force_ntk
+from tests.tolerance import assert_close
+
+IMPLEMENTATIONS = ("jacobian", "ntvp", "structured", "auto")
+
+# (model, trace_axes, diagonal_axes, reference einsum on the full (N1, O.., N2, O'..) kernel, traced size axis)
+LAYOUTS = [
+    ("mlp", (), (), "icjd->ijcd", None),
+    ("mlp", (-1,), (), "icjc->ij", -1),
+    ("mlp", (), (-1,), "icjc->ijc", None),
+    ("mlp", (-1,), (0,), "icic->i", -1),
+    ("sequence", (-1,), (1,), "itcjtc->ijt", -1),
+    ("sequence", (), (), "itcjsd->ijtscd", None),
+    ("sequence", (1,), (), "itcjtd->ijcd", 1),
+    ("sequence", (1, 2), (), "itcjtc->ij", (1, 2)),
+]
+
+
+def _reference(name, dtype, spec, traced, same_inputs=False):
+    f, params, x1, x2 = MODELS[name](dtype)
+    if same_inputs:
+        x2 = x1
+    full = brute_force_ntk(f, params, x1, x2)
+    ref = jnp.einsum(spec, full)
+    if traced is not None:
+        out_shape = f(params, x1).shape
+        axes = (traced,) if isinstance(traced, int) else traced
+        ref = ref / int(np.prod([out_shape[a] for a in axes]))
+    return f, params, x1, x2, ref
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name,trace_axes,diagonal_axes,spec,traced", LAYOUTS)
+def test_layouts_match_brute_force(dtype, implementation, name, trace_axes, diagonal_axes, spec, traced):
+    same = 0 in diagonal_axes
+    f, params, x1, x2, ref = _reference(name, dtype, spec, traced, same_inputs=same)
+    ntk_fn = ntkit.empirical_ntk_fn(f, trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=0,
+                                    implementation=implementation)
+    result = ntk_fn(x1, x2, params)
+    assert result.shape == ref.shape
+    assert result.dtype == dtype
+    assert_close(result, ref, scale=10)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", ["mlp", "cnn", "residual_layernorm", "flax", "equinox"])
+@pytest.mark.parametrize("vmap_axes", [None, 0])
+def test_model_families_match_brute_force(dtype, implementation, name, vmap_axes):
+    f, params, x1, x2, ref = _reference(name, dtype, "icjc->ij", -1)
+    ntk = ntkit.empirical_ntk_fn(f, vmap_axes=vmap_axes, implementation=implementation)(x1, x2, params)
+    assert_close(ntk, ref, scale=10)
+
+
+@pytest.mark.parametrize("implementation", ["jacobian", "ntvp", "structured"])
+@pytest.mark.parametrize("name", ["cnn", "residual_layernorm"])
+def test_untraced_and_symmetric(dtype, implementation, name):
+    f, params, x1, _, ref = _reference(name, dtype, "icjd->ijcd", None, same_inputs=True)
+    ntk = ntkit.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=implementation)(x1, None, params)
+    assert_close(ntk, ref, scale=10)
+    assert_close(ntk, jnp.transpose(ntk, (1, 0, 3, 2)), scale=10)
+
+
+@pytest.mark.parametrize("implementation", ["jacobian", "ntvp", "structured"])
+def test_implementation_codes_match_names(dtype, implementation):
+    f, params, x1, x2 = MODELS["mlp"](dtype)
+    code = {"jacobian": 1, "ntvp": 2, "structured": 3}[implementation]
+    by_name = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation=implementation)(x1, x2, params)
+    by_code = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation=code)(x1, x2, params)
+    np.testing.assert_array_equal(by_name, by_code)
+
+
+@pytest.mark.parametrize("implementation", ["jacobian", "ntvp", "structured"])
+@pytest.mark.parametrize("trace_axes,diagonal_axes", [((-1,), ()), ((), ()), ((-1,), (1,)), ((-1,), (0,))])
+def test_tiled_equals_untiled(dtype, implementation, trace_axes, diagonal_axes):
+    f, params, x1, x2 = MODELS["sequence"](dtype, n1=5, n2=5)
+    ntk_fn = ntkit.empirical_ntk_fn(f, trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=0,
+                                    implementation=implementation)
+    for second in (None, x2):
+        whole = ntk_fn(x1, second, params)
+        tiled = ntk_fn(x1, second, params, batch_size=2)  # 5 = 2 + 2 + 1: a ragged last tile too
+        assert tiled.shape == whole.shape
+        assert_close(tiled, whole, scale=2)
+
+
+def test_factory_batch_size_and_x2_none(dtype):
+    f, params, x1, _ = MODELS["cnn"](dtype, n1=5)
+    ntk = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation="structured", batch_size=2)(x1, None, params)
+    ref = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation="jacobian")(x1, x1, params)
+    assert_close(ntk, ref, scale=10)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "residual_layernorm"])
+def test_ntk_is_symmetric_positive_semidefinite(dtype, name):
+    f, params, x1, _ = MODELS[name](dtype, n1=6)
+    ntk = np.asarray(ntkit.empirical_ntk_fn(f, vmap_axes=0)(x1, None, params), dtype=np.float64)
+    np.testing.assert_allclose(ntk, ntk.T, rtol=1e-5)
+    eigenvalues = np.linalg.eigvalsh(ntk)
+    assert eigenvalues.min() > -1e-4 * eigenvalues.max()
+
+
+def test_nngp_and_kernel_fn(dtype):
+    f, params, x1, x2 = MODELS["mlp"](dtype)
+    f1, f2 = f(params, x1), f(params, x2)
+    nngp = ntkit.empirical_nngp_fn(f)(x1, x2, params)
+    assert_close(nngp, f1 @ f2.T / 3)
+    nngp_full = ntkit.empirical_nngp_fn(f, trace_axes=())(x1, x2, params)
+    assert_close(nngp_full, jnp.einsum("ic,jd->ijcd", f1, f2))
+    both = ntkit.empirical_kernel_fn(f, vmap_axes=0)(x1, x2, ("nngp", "ntk"), params)
+    assert isinstance(both, ntkit.Kernel)
+    assert_close(both.nngp, nngp)
+    assert_close(both.ntk, ntkit.empirical_ntk_fn(f, vmap_axes=0)(x1, x2, params))
+    only = ntkit.empirical_kernel_fn(f)(x1, x2, "ntk", params)
+    assert_close(only, both.ntk, scale=10)
+
+
+def test_apply_kwargs_are_passed(dtype):
+    f0, params, x1, x2 = MODELS["mlp"](dtype)
+
+    def f(p, x, scale, activation="tanh"):
+        out = f0(p, x) * scale
+        return jnp.tanh(out) if activation == "tanh" else out
+
+    scale = jnp.asarray(2.0, dtype)
+    for impl in ("jacobian", "ntvp", "structured"):
+        ntk = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation=impl)(x1, x2, params, scale=scale,
+                                                                          activation="none")
+        ref = 4.0 * ntkit.empirical_ntk_fn(f0, vmap_axes=0, implementation="jacobian")(x1, x2, params)
+        assert_close(ntk, ref, scale=10)
+
+
+def test_auto_resolves_to_a_method_that_agrees(dtype):
+    f, params, x1, x2 = MODELS["cnn"](dtype)
+    ntk_fn = ntkit.empirical_ntk_fn(f, vmap_axes=0)
+    assert ntk_fn.implementation_for(x1, x2, params) in ("jacobian", "ntvp", "structured")
+
+
+def test_auto_prefers_structured_for_wide_dense_layers():
+    dtype = jnp.float32
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {"w1": jax.random.normal(k[0], (64, 512), dtype), "w2": jax.random.normal(k[1], (512, 10), dtype)}
+
+    def f(p, x):
+        return jax.nn.relu(x @ p["w1"]) @ p["w2"]
+
+    x = jax.random.normal(k[2], (32, 64), dtype)
+    assert ntkit.empirical_ntk_fn(f, vmap_axes=0).implementation_for(x, None, params) == "structured"
+
+
+def test_ntk_vector_product(dtype):
+    f, params, x1, x2 = MODELS["mlp"](dtype)
+    full = brute_force_ntk(f, params, x1, x2)  # (N1, C, N2, C)
+    v = jax.random.normal(jax.random.key(3), f(params, x2).shape, dtype)
+    result = ntkit.empirical_ntk_vp_fn(f, x1, x2, params)(v)
+    assert_close(result, jnp.einsum("icjd,jd->ic", full, v), scale=10)
+    with pytest.raises(ValueError, match="`v` must have the shape"):
+        ntkit.empirical_ntk_vp_fn(f, x1, x2, params)(v[:1])
