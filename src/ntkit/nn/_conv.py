@@ -1,0 +1,105 @@
+"""Convolutions (1-, 2- and 3-D, channels last) with SAME, VALID and CIRCULAR padding."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ._core import Layer
+from ._dense import affine_kernel, affine_scales, check_parameterization, check_state, init_affine
+from ._windows import check_padding, out_size, pads, window_sum
+
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv(Layer):
+    """Convolution over the spatial axes of `(N, *S, C)` inputs, the same filter at every position.
+
+    Finite layer (NTK parameterization): `z[i] = σ_w/√(q C) Σ_{j, c} W[j, c] x[s·i + j, c] + σ_b b`, with `q` the
+    filter size. Kernel (THEORY.md §2; Novak et al. 2019, Garriga-Alonso et al. 2019):
+    `Σ'[i, i'] = σ_w²/q Σ_j Σ[s·i + j, s·i' + j] + σ_b²` — the same offset on both sides — and `Θ'` likewise plus
+    `Σ'`. With diagonal-only covariances this is a box filter over `Σ[i, i]`.
+
+    Args:
+      out_chan: channels of the finite layer.
+      filter_shape: `(k_1, ..., k_d)`, `d` in 1..3.
+      strides: `(s_1, ..., s_d)`, default ones.
+      padding: `"VALID"`, `"SAME"` (zeros) or `"CIRCULAR"` (wrap-around).
+      W_std, b_std, parameterization: as in `Dense`.
+
+    Example:
+      >>> import jax.numpy as jnp, ntkit.nn as stax
+      >>> net = stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.Relu(), stax.Flatten(), stax.Dense(1))
+      >>> net.kernel(jnp.ones((2, 5, 5, 3)), None, "nngp").shape
+      (2, 2)
+    """
+
+    out_chan: int
+    filter_shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+    padding: str = "VALID"
+    W_std: float = 1.0
+    b_std: float | None = None
+    parameterization: str = "ntk"
+
+    def __post_init__(self):
+        check_parameterization(self.parameterization)
+        check_padding(self.padding)
+        object.__setattr__(self, "filter_shape", tuple(self.filter_shape))
+        if len(self.filter_shape) not in _SPATIAL:
+            raise ValueError(f"`filter_shape` must have 1 to 3 entries, got {self.filter_shape}.")
+        strides = (1,) * len(self.filter_shape) if self.strides is None else tuple(self.strides)
+        if len(strides) != len(self.filter_shape):
+            raise ValueError(f"`strides` {strides} and `filter_shape` {self.filter_shape} differ in length.")
+        object.__setattr__(self, "strides", strides)
+
+    def _check_spatial(self, shape) -> tuple[int, ...]:
+        if len(shape) != len(self.filter_shape) + 2:
+            raise ValueError(f"Conv with `filter_shape` {self.filter_shape} needs inputs (N, *{len(self.filter_shape)} "
+                             f"spatial axes, C), got shape {tuple(shape)}.")
+        return tuple(out_size(n, k, s, self.padding, "`filter_shape`")
+                     for n, k, s in zip(shape[1:-1], self.filter_shape, self.strides, strict=True))
+
+    def init(self, key, input_shape):
+        input_shape = tuple(input_shape)
+        spatial = self._check_spatial(input_shape)
+        c_in = input_shape[-1]
+        fan_in = math.prod(self.filter_shape) * c_in
+        params = init_affine(key, self.filter_shape + (c_in, self.out_chan), fan_in, self.out_chan, self.W_std,
+                             self.b_std, self.parameterization)
+        return (input_shape[0],) + spatial + (self.out_chan,), params
+
+    def apply(self, params, x, **kwargs):
+        w, b = params
+        self._check_spatial(x.shape)
+        sp = _SPATIAL[len(self.filter_shape)]
+        padding = [pads(n, k, s, self.padding) for n, k, s in zip(x.shape[1:-1], self.filter_shape, self.strides,
+                                                                    strict=True)]
+        if self.padding == "CIRCULAR":
+            x = jnp.pad(x, [(0, 0)] + padding + [(0, 0)], mode="wrap")
+            padding = [(0, 0)] * len(padding)
+        z = jax.lax.conv_general_dilated(x, w, self.strides, padding,
+                                         dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
+        s_w, s_b = affine_scales(self.W_std, self.b_std, self.parameterization, w.shape[-2] * math.prod(w.shape[:-2]))
+        z = s_w * z
+        return z if b is None else z + s_b * b
+
+    def transform(self, k, **kwargs):
+        k = check_state(k, "Conv")
+        spatial1, spatial2 = self._check_spatial(k.shape1), self._check_spatial(k.shape2)
+        q = math.prod(self.filter_shape)
+        in_spatial = k.shape1[1:-1]
+
+        def linear(a, n_batch):
+            for d, (n, f, s) in enumerate(zip(in_spatial, self.filter_shape, self.strides, strict=True)):
+                axes = (n_batch + d,) if k.diagonal_spatial else (n_batch + 2 * d, n_batch + 2 * d + 1)
+                a = window_sum(a, axes, f, s, n, self.padding)
+            return a / q
+
+        fan_in = q * k.shape1[-1]
+        return affine_kernel(k, linear, self.W_std, self.b_std, self.parameterization, fan_in,
+                             (k.shape1[0],) + spatial1 + (self.out_chan,), (k.shape2[0],) + spatial2 + (self.out_chan,))

@@ -1,0 +1,199 @@
+"""The layer protocol: `init`, `apply`, `kernel`, and the kernel driver (input kernel, jit, tiling, `get`).
+
+Every layer is a small frozen dataclass deriving from `Layer` with
+
+* `init(key, input_shape) -> (output_shape, params)`: parameters of the matching finite network;
+* `apply(params, x, **kwargs)`: the finite network (NTK parameterization by default);
+* `kernel(x1, x2=None, get=None, batch_size=None, **kwargs)`: its infinite-width NNGP/NTK (THEORY.md §2);
+
+and unpacks as `init_fn, apply_fn, kernel_fn = layer`, so code written for neural-tangents' `stax` ports
+unchanged. A subclass implements `init`, `apply`, `transform(state) -> state` and, when it needs off-diagonal
+spatial covariances (pooling, attention) or can drop them (`Flatten`), `needs_full`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._empirical import Kernel
+from ._kernel import KernelState, input_state
+
+_GETS = ("nngp", "ntk")
+
+
+class Layer:
+    """Base class of analytic layers (see the module docstring)."""
+
+    def init(self, key: jax.Array, input_shape):
+        raise NotImplementedError
+
+    def apply(self, params, x, **kwargs):
+        raise NotImplementedError
+
+    def transform(self, k, **kwargs):
+        """Maps the kernel state of the layer's input to that of its output."""
+        raise NotImplementedError
+
+    def needs_full(self, out_full: bool) -> bool:
+        """Whether the input kernel must carry full spatial covariances, given whether the output must."""
+        return out_full
+
+    def __iter__(self):
+        return iter((self.init, self.apply, self.kernel))
+
+    def kernel(self, x1, x2=None, get=None, batch_size: int | None = None, **kwargs):
+        """Infinite-width NNGP and/or NTK between `x1` and `x2`.
+
+        Args:
+          x1: inputs `(N1, *S, C)` (channels last, batch first), a list of them for a multi-input network, or a
+            `KernelState` to continue from.
+          x2: `(N2, *S, C)` or `None` for `x1` (then `Σ(x, x)` holds each input's variance).
+          get: `"nngp"`, `"ntk"`, a tuple of them (a `Kernel(nngp, ntk)` named tuple comes back) or `None` (the
+            whole `KernelState`).
+          batch_size: compute the `(N1, N2)` kernel in tiles of this many examples per side; with `x2=None` only
+            tiles on and above the diagonal are computed. Tiled and untiled results agree.
+          **kwargs: passed to every layer's kernel (array values are traced).
+
+        Returns:
+          Arrays `(N1, N2)` for flat outputs, `(N1, N2, S_1, S_1', ...)` for outputs with spatial axes.
+        """
+        return compute_kernel(self, x1, x2, get, batch_size, kwargs)
+
+
+def _parse_get(get) -> tuple[tuple[str, ...] | None, bool]:
+    if get is None:
+        return None, False
+    single = isinstance(get, str)
+    gets = (get,) if single else tuple(get)
+    for g in gets:
+        if g not in _GETS:
+            raise ValueError(f"`get` must be 'nngp', 'ntk', a tuple of them or None, got {get!r}.")
+    return gets, single
+
+
+def _select(out, gets, single):
+    if isinstance(out, list | tuple):
+        return [_select(o, gets, single) for o in out]
+    if gets is None:
+        return out
+    if single:
+        return getattr(out, gets[0])
+    return Kernel(**{g: (getattr(out, g) if g in gets else None) for g in _GETS})
+
+
+def _is_state(x) -> bool:
+    if isinstance(x, KernelState):
+        return True
+    return isinstance(x, list | tuple) and len(x) > 0 and all(isinstance(s, KernelState) for s in x)
+
+
+def _check_input(x, name: str):
+    if isinstance(x, list | tuple):
+        return [_check_input(xi, f"{name}[{i}]") for i, xi in enumerate(x)]
+    if not hasattr(x, "shape"):
+        x = jnp.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"`{name}` must be (N, *spatial, channels) with at least 2 axes, got shape {x.shape}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be floating, got dtype {x.dtype}.")
+    return x
+
+
+def _split_kwargs(kwargs: dict) -> tuple[dict, tuple]:
+    dynamic, static = {}, []
+    for key, value in kwargs.items():
+        leaves = jax.tree_util.tree_leaves(value)
+        if leaves and all(isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves):
+            dynamic[key] = value
+        else:
+            static.append((key, value))
+    return dynamic, tuple(sorted(static, key=lambda kv: kv[0]))
+
+
+def _inputs(x1, x2, diagonal_spatial, compute_ntk):
+    if isinstance(x1, list):
+        x2s = [None] * len(x1) if x2 is None else x2
+        return [input_state(a, b, diagonal_spatial, compute_ntk) for a, b in zip(x1, x2s, strict=True)]
+    return input_state(x1, x2, diagonal_spatial, compute_ntk)
+
+
+def _run(layer, diagonal_spatial, compute_ntk, static_kwargs, x1, x2, dynamic_kwargs):
+    kwargs = dict(dynamic_kwargs, **dict(static_kwargs))
+    return layer.transform(_inputs(x1, x2, diagonal_spatial, compute_ntk), **kwargs)
+
+
+_jit_run = jax.jit(_run, static_argnums=(0, 1, 2, 3))
+
+
+def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]):
+    gets, single = _parse_get(get)
+    if _is_state(x1):
+        if x2 is not None:
+            raise ValueError("`x2` must be None when `x1` is a KernelState (it already holds both inputs).")
+        return _select(layer.transform(x1, **kwargs), gets, single)
+    x1 = _check_input(x1, "x1")
+    if x2 is not None:
+        x2 = _check_input(x2, "x2")
+        if isinstance(x1, list) != isinstance(x2, list):
+            raise ValueError("`x1` and `x2` must both be arrays or both lists of arrays.")
+        for a, b in zip(x1 if isinstance(x1, list) else [x1], x2 if isinstance(x2, list) else [x2], strict=True):
+            if a.shape[1:] != b.shape[1:]:
+                raise ValueError(f"`x1` and `x2` must have the same shape past the batch axis, got {a.shape} "
+                                 f"and {b.shape}.")
+    diagonal_spatial = not layer.needs_full(True)
+    compute_ntk = gets is None or "ntk" in gets
+    dynamic, static = _split_kwargs(kwargs)
+
+    def run(a, b):
+        return _jit_run(layer, diagonal_spatial, compute_ntk, static, a, b, dynamic)
+
+    if batch_size is None:
+        return _select(run(x1, x2), gets, single)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
+    if gets is None or isinstance(x1, list):
+        raise ValueError("`batch_size` needs `get` set ('nngp', 'ntk' or a tuple) and a single input array.")
+    return _select(_tiled(run, x1, x2, batch_size, gets), gets, single)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _mirror(block: np.ndarray) -> np.ndarray:
+    """`K(x_a, x_b) -> K(x_b, x_a)`: swap the batch axes and every interleaved spatial pair."""
+    perm = [1, 0]
+    for a in range(2, block.ndim, 2):
+        perm += [a + 1, a]
+    return np.transpose(block, perm)
+
+
+def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str]):
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    rows, cols = _chunks(n1, batch_size), _chunks(n2, batch_size)
+    if x2 is None:
+        pairs = [(i, j) for i in range(len(rows)) for j in range(i, len(cols))]
+    else:
+        pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
+    outs: dict[str, np.ndarray] = {}
+    for i, j in pairs:
+        r, c = rows[i], cols[j]
+        state = run(x1[r], None) if (x2 is None and i == j) else run(x1[r], (x1 if x2 is None else x2)[c])
+        if state.nngp.ndim > 2 and state.diagonal_spatial:
+            raise ValueError("tiling expects full spatial covariances at the output.")
+        for g in gets:
+            block = np.asarray(getattr(state, g))
+            if g not in outs:
+                outs[g] = np.empty((n1, n2) + block.shape[2:], dtype=block.dtype)
+            outs[g][r, c] = block
+            if x2 is None and i != j:
+                outs[g][c, r] = _mirror(block)
+    return KernelState(nngp=jnp.asarray(outs["nngp"]) if "nngp" in outs else None,
+                       ntk=jnp.asarray(outs["ntk"]) if "ntk" in outs else None,
+                       cov1=None, cov2=None, shape1=(), shape2=(), diagonal_spatial=False)

@@ -1,0 +1,385 @@
+"""Elementwise nonlinearities: closed-form Gaussian expectations, or 2-D Gauss–Hermite quadrature.
+
+For a Gaussian pair `(u, v)` with covariance `[[Σ₁₁, Σ₁₂], [Σ₁₂, Σ₂₂]]` a nonlinearity `φ` maps the kernel as
+`Σ' = E[φ(u) φ(v)]`, `Θ' = Θ · E[φ'(u) φ'(v)]` (THEORY.md §2). Each activation is one function `φ`, one
+`nngp_fn(Σ₁₂, Σ₁₁, Σ₂₂)` and optionally one `d_nngp_fn` for `E[φ'φ']`; when that is missing it comes from Price's
+theorem, `E[φ'(u)φ'(v)] = ∂E[φ(u)φ(v)]/∂Σ₁₂`, by autodiff.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._core import Layer
+from ._dense import check_state
+from ._kernel import cross_variances, diagonal_variances, self_variances
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+    """A module-level function with bound hyper-parameters, compared by value (so jit caches are shared)."""
+
+    func: Callable
+    args: tuple
+
+    def __call__(self, *xs):
+        return self.func(*xs, *self.args)
+
+
+def gauss_hermite_2d(g: Callable, h: Callable, cov12, var1, var2, degree: int):
+    """`E[g(u) h(v)]` for centred Gaussian `(u, v)`, by `degree × degree` Gauss–Hermite quadrature.
+
+    `u = √Σ₁₁ z₁`, `v = Σ₁₂/√Σ₁₁ z₁ + √(Σ₂₂ − Σ₁₂²/Σ₁₁) z₂` with `z ~ N(0, I)`; nodes of `∫ e^{-x²}` rescaled by
+    `√2`. Arrays broadcast; memory is `degree ×` their size (one scan over the `z₁` nodes).
+    """
+    cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
+    dtype = cov12.dtype
+    x, w = np.polynomial.hermite.hermgauss(degree)
+    z = jnp.asarray(x * np.sqrt(2.0), dtype)
+    w = jnp.asarray(w / np.sqrt(np.pi), dtype)
+    s1 = jnp.sqrt(jnp.maximum(var1, 0))
+    pos = s1 > 0
+    a = jnp.where(pos, cov12 / jnp.where(pos, s1, 1), 0)
+    b = jnp.sqrt(jnp.maximum(var2 - a * a, 0))
+
+    def body(acc, node):
+        zi, wi = node
+        hv = h(a[..., None] * zi + b[..., None] * z)
+        return acc + wi * g(s1 * zi) * (hv @ w), None
+
+    acc, _ = jax.lax.scan(body, jnp.zeros_like(cov12), (z, w))
+    return acc
+
+
+def derivative(fn: Callable) -> Callable:
+    """`φ'` of an elementwise `φ`, by a forward-mode product with ones."""
+    return lambda x: jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Elementwise(Layer):
+    """Any elementwise nonlinearity `φ`, with its kernel in closed form or by quadrature.
+
+    Args:
+      fn: `φ`, applied elementwise by the finite network.
+      nngp_fn: `(Σ₁₂, Σ₁₁, Σ₂₂) -> E[φ(u)φ(v)]` (arrays broadcast), or `None` for 2-D Gauss–Hermite quadrature.
+      d_nngp_fn: `(Σ₁₂, Σ₁₁, Σ₂₂) -> E[φ'(u)φ'(v)]`; `None` means `∂ nngp_fn/∂Σ₁₂` (Price's theorem) when
+        `nngp_fn` is given, else quadrature with `φ'` by autodiff.
+      quadrature_degree: nodes per dimension (25 suits smooth `φ`; non-smooth ones need a closed form).
+
+    The input must be Gaussian (an affine layer before it): on anything else the expectations above are not the
+    kernel of the finite network, and a `ValueError` says so.
+
+    Example:
+      >>> import jax.numpy as jnp, ntkit.nn as stax
+      >>> net = stax.serial(stax.Dense(1), stax.Elementwise(jnp.tanh), stax.Dense(1))
+      >>> net.kernel(jnp.eye(3), None, "nngp").shape
+      (3, 3)
+    """
+
+    fn: Callable
+    nngp_fn: Callable | None = None
+    d_nngp_fn: Callable | None = None
+    quadrature_degree: int = 25
+    name: str = "Elementwise"
+
+    def init(self, key, input_shape):
+        return tuple(input_shape), ()
+
+    def apply(self, params, x, **kwargs):
+        return self.fn(x)
+
+    def _nngp(self, cov12, var1, var2):
+        if self.nngp_fn is not None:
+            return self.nngp_fn(cov12, var1, var2)
+        return gauss_hermite_2d(self.fn, self.fn, cov12, var1, var2, self.quadrature_degree)
+
+    def _d_nngp(self, cov12, var1, var2):
+        if self.d_nngp_fn is not None:
+            return self.d_nngp_fn(cov12, var1, var2)
+        if self.nngp_fn is not None:
+            cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
+            return jax.jvp(lambda c: self.nngp_fn(c, var1, var2), (cov12,), (jnp.ones_like(cov12),))[1]
+        d = derivative(self.fn)
+        return gauss_hermite_2d(d, d, cov12, var1, var2, self.quadrature_degree)
+
+    def transform(self, k, **kwargs):
+        k = check_state(k, self.name)
+        if not k.is_gaussian:
+            what = "the raw inputs" if k.is_input else "a non-Gaussian activation"
+            raise ValueError(f"{self.name} needs a Gaussian input (the output of a Dense or Conv layer), got "
+                             f"{what}: its kernel is not a Gaussian expectation there.")
+        d1, d2 = diagonal_variances(k)
+        v1, v2 = cross_variances(d1, d2, k)
+        nngp = self._nngp(k.nngp, v1, v2)
+        ntk = None if k.ntk is None else k.ntk * self._d_nngp(k.nngp, v1, v2)
+        cov1 = self._nngp(k.cov1, *self_variances(d1, k))
+        cov2 = None if k.cov2 is None else self._nngp(k.cov2, *self_variances(d2, k))
+        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False, is_input=False)
+
+
+def _closed(name, fn, nngp_fn, d_nngp_fn, *args) -> Elementwise:
+    return Elementwise(fn=_Bound(fn, args), nngp_fn=_Bound(nngp_fn, args),
+                       d_nngp_fn=None if d_nngp_fn is None else _Bound(d_nngp_fn, args), name=name)
+
+
+# ----- ReLU family: arc-cosine kernels (Cho & Saul 2009) -----
+
+def _angle(cov12, var1, var2):
+    norm = jnp.sqrt(var1 * var2)
+    cos = jnp.clip(cov12 / jnp.where(norm > 0, norm, 1), -1, 1)
+    sin = jnp.sqrt(jnp.maximum(1 - cos * cos, 0))
+    return norm, cos, sin, jnp.arccos(cos)
+
+
+def _abrelu(x, a, b):
+    return jnp.where(x > 0, b * x, a * x)
+
+
+def _abrelu_nngp(cov12, var1, var2, a, b):
+    norm, cos, sin, theta = _angle(cov12, var1, var2)
+    return a * b * cov12 + (b - a) ** 2 * norm * (sin + (math.pi - theta) * cos) / (2 * math.pi)
+
+
+def _abrelu_d_nngp(cov12, var1, var2, a, b):
+    _, _, _, theta = _angle(cov12, var1, var2)
+    return a * b + (b - a) ** 2 * (math.pi - theta) / (2 * math.pi)
+
+
+def ABRelu(a: float, b: float) -> Elementwise:
+    """`φ(x) = a·min(x, 0) + b·max(x, 0)`: `E[φφ] = ab Σ₁₂ + (b − a)² √(Σ₁₁Σ₂₂)(sin θ + (π − θ) cos θ)/(2π)`,
+    `E[φ'φ'] = ab + (b − a)² (π − θ)/(2π)`, `θ = arccos(Σ₁₂/√(Σ₁₁Σ₂₂))` (Cho & Saul 2009)."""
+    return _closed("ABRelu", _abrelu, _abrelu_nngp, _abrelu_d_nngp, float(a), float(b))
+
+
+def Relu() -> Elementwise:
+    """`max(x, 0)`, the arc-cosine kernel of degree 1 (THEORY.md §2)."""
+    return ABRelu(0.0, 1.0)
+
+
+def LeakyRelu(alpha: float) -> Elementwise:
+    """`max(x, αx)`."""
+    return ABRelu(alpha, 1.0)
+
+
+def Abs() -> Elementwise:
+    """`|x|`."""
+    return ABRelu(-1.0, 1.0)
+
+
+def _rect_j(n: int, cos, sin, theta):
+    """Cho & Saul's `J_n(θ)` for `n = 0, 1, 2`."""
+    rest = math.pi - theta
+    if n == 0:
+        return rest
+    if n == 1:
+        return sin + rest * cos
+    return 3 * sin * cos + rest * (1 + 2 * cos * cos)
+
+
+def _rect_monomial(x, n):
+    return jnp.where(x > 0, x, 0) ** n
+
+
+def _rect_monomial_nngp(cov12, var1, var2, n):
+    norm, cos, sin, theta = _angle(cov12, var1, var2)
+    return norm ** n * _rect_j(n, cos, sin, theta) / (2 * math.pi)
+
+
+def _rect_monomial_d_nngp(cov12, var1, var2, n):
+    if n == 0:
+        return jnp.zeros_like(cov12 * var1 * var2)
+    norm, cos, sin, theta = _angle(cov12, var1, var2)
+    return n * n * norm ** (n - 1) * _rect_j(n - 1, cos, sin, theta) / (2 * math.pi)
+
+
+def RectifiedMonomial(degree: int) -> Elementwise:
+    """`max(x, 0)^n`, the arc-cosine kernel `‖·‖ⁿ J_n(θ)/(2π)` of degree `n ∈ {0, 1, 2}` (Cho & Saul 2009)."""
+    if degree not in (0, 1, 2):
+        raise ValueError(f"`degree` of RectifiedMonomial must be 0, 1 or 2, got {degree!r}.")
+    return _closed("RectifiedMonomial", _rect_monomial, _rect_monomial_nngp, _rect_monomial_d_nngp, int(degree))
+
+
+# ----- erf family (Williams 1997) -----
+
+def _erf(x, a, b, c):
+    return a * jax.scipy.special.erf(b * x) + c
+
+
+def _erf_nngp(cov12, var1, var2, a, b, c):
+    den = jnp.sqrt((1 + 2 * b * b * var1) * (1 + 2 * b * b * var2))
+    return a * a * (2 / math.pi) * jnp.arcsin(jnp.clip(2 * b * b * cov12 / den, -1, 1)) + c * c
+
+
+def _erf_d_nngp(cov12, var1, var2, a, b, c):
+    det = (1 + 2 * b * b * var1) * (1 + 2 * b * b * var2) - 4 * b ** 4 * cov12 * cov12
+    return a * a * b * b * (4 / math.pi) / jnp.sqrt(det)
+
+
+def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Elementwise:
+    """`a·erf(bx) + c`: `E[φφ] = a²(2/π) arcsin(2b²Σ₁₂/√((1 + 2b²Σ₁₁)(1 + 2b²Σ₂₂))) + c²`,
+    `E[φ'φ'] = a²b²(4/π)((1 + 2b²Σ₁₁)(1 + 2b²Σ₂₂) − 4b⁴Σ₁₂²)^{-1/2}` (Williams 1997)."""
+    return _closed("Erf", _erf, _erf_nngp, _erf_d_nngp, float(a), float(b), float(c))
+
+
+def Sigmoid_like() -> Elementwise:
+    """`½(1 + erf(x/2.40206))`, an erf close to the logistic sigmoid with an exact kernel."""
+    return Erf(0.5, 1 / 2.4020563531719796, 0.5)
+
+
+def _sign(x):
+    return jnp.sign(x)
+
+
+def _sign_nngp(cov12, var1, var2):
+    norm, cos, _, _ = _angle(cov12, var1, var2)
+    return (2 / math.pi) * jnp.arcsin(cos)
+
+
+def _zero_d_nngp(cov12, var1, var2, *args):
+    return jnp.zeros_like(cov12 * var1 * var2)
+
+
+def Sign() -> Elementwise:
+    """`sign(x)`: `E[φφ] = (2/π) arcsin(Σ₁₂/√(Σ₁₁Σ₂₂))`; `φ' = 0` almost everywhere, as autodiff of the finite net."""
+    return Elementwise(fn=_sign, nngp_fn=_sign_nngp, d_nngp_fn=_zero_d_nngp, name="Sign")
+
+
+# ----- trigonometric and exponential -----
+
+def _sin(x, a, b, c):
+    return a * jnp.sin(b * x + c)
+
+
+def _sin_parts(cov12, var1, var2, b):
+    minus = jnp.exp(-b * b * (var1 + var2 - 2 * cov12) / 2)
+    plus = jnp.exp(-b * b * (var1 + var2 + 2 * cov12) / 2)
+    return minus, plus
+
+
+def _sin_nngp(cov12, var1, var2, a, b, c):
+    minus, plus = _sin_parts(cov12, var1, var2, b)
+    return a * a / 2 * (minus - plus * math.cos(2 * c))
+
+
+def _sin_d_nngp(cov12, var1, var2, a, b, c):
+    minus, plus = _sin_parts(cov12, var1, var2, b)
+    return a * a * b * b / 2 * (minus + plus * math.cos(2 * c))
+
+
+def Sin(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Elementwise:
+    """`a·sin(bx + c)`: `E[φφ] = a²/2 (e^{-b²(Σ₁₁+Σ₂₂−2Σ₁₂)/2} − e^{-b²(Σ₁₁+Σ₂₂+2Σ₁₂)/2} cos 2c)`."""
+    return _closed("Sin", _sin, _sin_nngp, _sin_d_nngp, float(a), float(b), float(c))
+
+
+def Cos(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Elementwise:
+    """`a·cos(bx + c) = a·sin(bx + c + π/2)`."""
+    return Sin(a, b, c + math.pi / 2)
+
+
+def Rbf(gamma: float = 1.0) -> Elementwise:
+    """`√2 sin(√(2γ) x + π/4)`, whose NNGP is the RBF kernel `exp(−γ(Σ₁₁ + Σ₂₂ − 2Σ₁₂))` (Rahimi & Recht 2007)."""
+    return Sin(math.sqrt(2), math.sqrt(2 * gamma), math.pi / 4)
+
+
+def _exp(x, a, b):
+    return a * jnp.exp(b * x)
+
+
+def _exp_nngp(cov12, var1, var2, a, b):
+    return a * a * jnp.exp(b * b * (var1 + var2 + 2 * cov12) / 2)
+
+
+def _exp_d_nngp(cov12, var1, var2, a, b):
+    return b * b * _exp_nngp(cov12, var1, var2, a, b)
+
+
+def Exp(a: float = 1.0, b: float = 1.0) -> Elementwise:
+    """`a·e^{bx}`: `E[φφ] = a² e^{b²(Σ₁₁ + Σ₂₂ + 2Σ₁₂)/2}`."""
+    return _closed("Exp", _exp, _exp_nngp, _exp_d_nngp, float(a), float(b))
+
+
+def _gaussian(x, a, b):
+    return a * jnp.exp(b * x * x)
+
+
+def _gaussian_det(cov12, var1, var2, b):
+    return (1 - 2 * b * var1) * (1 - 2 * b * var2) - 4 * b * b * cov12 * cov12
+
+
+def _gaussian_nngp(cov12, var1, var2, a, b):
+    return a * a / jnp.sqrt(_gaussian_det(cov12, var1, var2, b))
+
+
+def _gaussian_d_nngp(cov12, var1, var2, a, b):
+    return 4 * a * a * b * b * cov12 * _gaussian_det(cov12, var1, var2, b) ** -1.5
+
+
+def Gaussian(a: float = 1.0, b: float = -1.0) -> Elementwise:
+    """`a·e^{bx²}`: `E[φφ] = a² D^{-1/2}`, `E[φ'φ'] = 4a²b² Σ₁₂ D^{-3/2}`, `D = det(I − 2bΣ)`."""
+    return _closed("Gaussian", _gaussian, _gaussian_nngp, _gaussian_d_nngp, float(a), float(b))
+
+
+def Gelu(quadrature_degree: int = 25) -> Elementwise:
+    """`x Φ(x)` (exact GELU), kernel by Gauss–Hermite quadrature (smooth, so 25 nodes per axis suffice)."""
+    return Elementwise(fn=_gelu, quadrature_degree=quadrature_degree, name="Gelu")
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + jax.scipy.special.erf(x / math.sqrt(2)))
+
+
+# ----- polynomials: Isserlis' theorem -----
+
+def _double_factorial(n: int) -> int:
+    return 1 if n <= 0 else n * _double_factorial(n - 2)
+
+
+def _moment(j: int, k: int, cov12, var1, var2):
+    """`E[u^j v^k] = Σ_m C(j,m) C(k,m) m! (j−m−1)!! (k−m−1)!! Σ₁₂^m Σ₁₁^{(j−m)/2} Σ₂₂^{(k−m)/2}` (j−m, k−m even)."""
+    total = jnp.zeros_like(cov12 * var1 * var2)
+    for m in range(min(j, k) + 1):
+        if (j - m) % 2 or (k - m) % 2:
+            continue
+        coef = math.comb(j, m) * math.comb(k, m) * math.factorial(m) * _double_factorial(j - m - 1) * \
+            _double_factorial(k - m - 1)
+        total = total + coef * cov12 ** m * var1 ** ((j - m) // 2) * var2 ** ((k - m) // 2)
+    return total
+
+
+def _poly(x, coef):
+    return sum(c * x ** i for i, c in enumerate(coef))
+
+
+def _poly_nngp(cov12, var1, var2, coef):
+    total = jnp.zeros_like(cov12 * var1 * var2)
+    for j, cj in enumerate(coef):
+        for k, ck in enumerate(coef):
+            if cj and ck:
+                total = total + cj * ck * _moment(j, k, cov12, var1, var2)
+    return total
+
+
+def _poly_d_nngp(cov12, var1, var2, coef):
+    return _poly_nngp(cov12, var1, var2, tuple(i * c for i, c in enumerate(coef))[1:])
+
+
+def Polynomial(coef) -> Elementwise:
+    """`Σ_i coef[i] xⁱ`, kernel exact by Isserlis' theorem."""
+    coef = tuple(float(c) for c in coef)
+    if not coef:
+        raise ValueError("`coef` of Polynomial must hold at least one coefficient.")
+    return _closed("Polynomial", _poly, _poly_nngp, _poly_d_nngp, coef)
+
+
+def Monomial(degree: int) -> Elementwise:
+    """`x^n`, kernel exact by Isserlis' theorem."""
+    if not isinstance(degree, int) or degree < 0:
+        raise ValueError(f"`degree` of Monomial must be a non-negative integer, got {degree!r}.")
+    return Polynomial((0.0,) * degree + (1.0,))

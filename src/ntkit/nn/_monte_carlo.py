@@ -1,0 +1,61 @@
+"""Monte Carlo kernels: the empirical NNGP/NTK averaged over randomly initialized finite networks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+
+from .._empirical import Kernel, empirical_kernel_fn
+
+
+def monte_carlo_kernel_fn(
+    init_fn: Callable,
+    apply_fn: Callable,
+    key: jax.Array,
+    n_samples: int,
+    batch_size: int | None = None,
+    trace_axes: int | Sequence[int] = (-1,),
+    diagonal_axes: int | Sequence[int] = (),
+    vmap_axes=None,
+    implementation="auto",
+):
+    """`kernel_fn(x1, x2=None, get=("nngp", "ntk"), **apply_kwargs)` averaging `n_samples` finite networks.
+
+    For sample `s`, parameters come from `init_fn(fold_in(key, s), x1.shape)` and the empirical kernels
+    `K̂ = f(x1) f(x2)ᵀ`, `Θ̂ = J(x1) J(x2)ᵀ` (traced over `trace_axes`, so averaged over the readout) from
+    `ntkit.empirical_kernel_fn`. Their mean converges to the analytic kernel of the same `ntkit.nn` network as the
+    width and `n_samples` grow (the error is `O(1/√(width · n_samples))` for the NNGP). If `apply_kwargs` holds
+    `rng` (dropout), sample `s` uses `fold_in(rng, s)`.
+
+    Args:
+      init_fn, apply_fn: the finite network (e.g. from `init_fn, apply_fn, kernel_fn = stax.serial(...)`).
+      key: PRNG key of the initializations.
+      n_samples: number of networks averaged.
+      batch_size, trace_axes, diagonal_axes, vmap_axes, implementation: as in `ntkit.empirical_kernel_fn`.
+
+    Returns:
+      The kernel function; with a string `get` an array, with a tuple a `Kernel(nngp, ntk)`.
+    """
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+        raise ValueError(f"`n_samples` must be a positive integer, got {n_samples!r}.")
+    empirical = empirical_kernel_fn(apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, batch_size)
+
+    def kernel_fn(x1, x2=None, get=("nngp", "ntk"), **kwargs):
+        single = isinstance(get, str)
+        gets = (get,) if single else tuple(get)
+        total = None
+        for s in range(n_samples):
+            _, params = init_fn(jax.random.fold_in(key, s), x1.shape)
+            kw = dict(kwargs)
+            if kw.get("rng") is not None:
+                kw["rng"] = jax.random.fold_in(kw["rng"], s)
+            k = empirical(x1, x2, gets, params, **kw)
+            vals = [getattr(k, g) for g in gets]
+            total = vals if total is None else [t + v for t, v in zip(total, vals, strict=True)]
+        means = [t / n_samples for t in total]
+        if single:
+            return means[0]
+        return Kernel(**{g: (means[gets.index(g)] if g in gets else None) for g in ("nngp", "ntk")})
+
+    return kernel_fn
