@@ -34,9 +34,9 @@ from ._elementwise import Sign as Sign
 from ._elementwise import Sin as Sin
 from ._elementwise import gauss_hermite_2d as gauss_hermite_2d
 from ._kernel import KernelState as KernelState
+from ._monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn
 from ._pooling import AvgPool as AvgPool
 from ._pooling import Flatten as Flatten
 from ._pooling import GlobalAvgPool as GlobalAvgPool
 from ._pooling import GlobalSumPool as GlobalSumPool
 from ._pooling import SumPool as SumPool
-from ._monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn

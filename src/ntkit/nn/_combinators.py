@@ -87,7 +87,7 @@ class parallel(Layer):  # noqa: N801 -- stax name
     def init(self, key, input_shape):
         self._check(input_shape, "input shapes")
         outs = [layer.init(jax.random.fold_in(key, i), s) for i, (layer, s) in enumerate(zip(self.layers,
-                                                                                            input_shape))]
+                                                                                            input_shape, strict=True))]
         return [o[0] for o in outs], tuple(o[1] for o in outs)
 
     def apply(self, params, x, **kwargs):
@@ -97,7 +97,8 @@ class parallel(Layer):  # noqa: N801 -- stax name
 
     def transform(self, k, **kwargs):
         self._check(k, "kernels")
-        return [layer.transform(ki, **_fold_rng(kwargs, i)) for i, (layer, ki) in enumerate(zip(self.layers, k))]
+        pairs = enumerate(zip(self.layers, k, strict=True))
+        return [layer.transform(ki, **_fold_rng(kwargs, i)) for i, (layer, ki) in pairs]
 
     def needs_full(self, out_full: bool) -> bool:
         return any(layer.needs_full(out_full) for layer in self.layers)

@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 from ._core import Layer
 from ._kernel import KernelState
@@ -51,7 +50,10 @@ def affine_kernel(k: KernelState, linear: Callable, W_std: float, b_std: float |
 
 
 def init_affine(key, w_shape, fan_in, out_dim, W_std, b_std, parameterization):
-    """`W ~ N(0, 1)` (NTK) or `N(0, σ_w²/n)` (standard); `b ~ N(0, 1)` (NTK) or `N(0, σ_b²)`; no `b` if `b_std` is None."""
+    """`W ~ N(0, 1)` (NTK) or `N(0, σ_w²/n)` (standard); `b ~ N(0, 1)` (NTK) or `N(0, σ_b²)`.
+
+    No `b` when `b_std` is None.
+    """
     k_w, k_b = jax.random.split(key)
     w = jax.random.normal(k_w, w_shape)
     b = None if b_std is None else jax.random.normal(k_b, (out_dim,))
