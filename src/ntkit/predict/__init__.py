@@ -16,3 +16,5 @@ from ._gp import Gaussian as Gaussian
 from ._gp import gp_inference as gp_inference
 from ._lr import max_learning_rate as max_learning_rate
 from ._mse import gradient_descent_mse as gradient_descent_mse
+from ._ode import ODEState as ODEState
+from ._ode import gradient_descent as gradient_descent
