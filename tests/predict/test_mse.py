@@ -1,0 +1,165 @@
+"""`gradient_descent_mse` against independent references: matrix exponentials, Euler integration, numpy KRR."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from ntkit.predict import gradient_descent_mse
+from tests.tolerance import assert_close
+
+
+def _problem(n=7, n_test=4, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, n + 3))
+    k_dd = a @ a.T / n
+    b = rng.normal(size=(n_test, n + 3))
+    k_td = b @ a.T / n
+    y = rng.normal(size=(n, k))
+    f0, g0 = 0.3 * rng.normal(size=(n, k)), 0.3 * rng.normal(size=(n_test, k))
+    return k_dd, k_td, y, f0, g0
+
+
+def _cast(dtype, *arrays):
+    return [jnp.asarray(a, dtype) for a in arrays]
+
+
+def _expm_reference(k_dd, k_td, y, f0, g0, tau):
+    decay = scipy.linalg.expm(-tau * k_dd)
+    train = y + decay @ (f0 - y)
+    test = g0 + k_td @ np.linalg.solve(k_dd, (np.eye(len(y)) - decay) @ (y - f0))
+    return train, test
+
+
+def test_matches_matrix_exponential_at_every_time(dtype):
+    k_dd, k_td, y, f0, g0 = _problem()
+    lr = 0.7
+    ts = np.array([[0.0, 1.0, 5.0], [20.0, 60.0, 300.0]])
+    predict_fn = gradient_descent_mse(*_cast(dtype, k_dd, y), learning_rate=lr)
+    train, test = predict_fn(jnp.asarray(ts, dtype), *_cast(dtype, f0, g0, k_td))
+    assert train.shape == (2, 3, *y.shape) and test.shape == (2, 3, *g0.shape)
+    assert train.dtype == dtype and test.dtype == dtype
+    for idx in np.ndindex(ts.shape):
+        ref_train, ref_test = _expm_reference(k_dd, k_td, y, f0, g0, lr * ts[idx] / y.size)
+        assert_close(train[idx], ref_train, dtype, scale=50, err_msg=f"train at t={ts[idx]}")
+        assert_close(test[idx], ref_test, dtype, scale=50, err_msg=f"test at t={ts[idx]}")
+
+
+def test_matches_explicit_euler_integration_of_the_ode():
+    """df/dt = −η Θ (f − Y)/(nk), integrated with 20000 tiny Euler steps (float64 numpy, first order)."""
+    k_dd, k_td, y, f0, g0 = _problem(seed=1)
+    lr, t_end, steps = 2.0, 40.0, 20000
+    h = t_end / steps
+    f, g = f0.copy(), g0.copy()
+    for _ in range(steps):
+        grad = (f - y) / y.size
+        f, g = f - h * lr * k_dd @ grad, g - h * lr * k_td @ grad
+    train, test = gradient_descent_mse(k_dd, y, lr)(t_end, f0, g0, k_td)
+    np.testing.assert_allclose(train, f, atol=2e-4 * np.abs(f0 - y).max())
+    np.testing.assert_allclose(test, g, atol=2e-4 * np.abs(f0 - y).max())
+
+
+@pytest.mark.parametrize("diag_reg", [0.0, 0.1])
+def test_infinite_time_is_kernel_ridge_regression(dtype, diag_reg):
+    k_dd, k_td, y, f0, g0 = _problem(seed=2)
+    eps = diag_reg * np.mean(np.diag(k_dd))
+    ref_test = g0 + k_td @ np.linalg.solve(k_dd + eps * np.eye(len(y)), y - f0)
+    predict_fn = gradient_descent_mse(*_cast(dtype, k_dd, y), diag_reg=diag_reg)
+    train, test = predict_fn(None, *_cast(dtype, f0, g0, k_td))
+    assert_close(test, ref_test, dtype, scale=100)
+    assert_close(train, y, dtype, scale=10)
+    # t = inf through the eigendecomposition agrees with the Cholesky path.
+    train_inf, test_inf = predict_fn(jnp.inf, *_cast(dtype, f0, g0, k_td))
+    assert_close(test_inf, ref_test, dtype, scale=300)
+    assert_close(train_inf, y, dtype, scale=10)
+
+
+def test_absolute_ridge_and_regularized_train_fit(dtype):
+    k_dd, _, y, _, _ = _problem(seed=3)
+    eps = 0.5
+    predict_fn = gradient_descent_mse(*_cast(dtype, k_dd, y), diag_reg=eps, diag_reg_absolute_scale=True)
+    # Passing k_test_train=k_train_train gives the ridge regressor's fit on the training inputs.
+    _, fit = predict_fn(None, 0.0, None, jnp.asarray(k_dd, dtype))
+    assert_close(fit, k_dd @ np.linalg.solve(k_dd + eps * np.eye(len(y)), y), dtype, scale=100)
+
+
+def test_paired_output_axes_match_the_flattened_system(dtype):
+    """`trace_axes=()`: kernel (N, N, O, O'), the dynamics of the (N·O, N·O) matrix."""
+    rng = np.random.default_rng(4)
+    n, n_test, k = 5, 3, 2
+    a = rng.normal(size=(n * k, n * k + 2))
+    full = a @ a.T / n
+    cross = rng.normal(size=(n_test * k, n * k + 2)) @ a.T / n
+    k_dd = full.reshape(n, k, n, k).transpose(0, 2, 1, 3)
+    k_td = cross.reshape(n_test, k, n, k).transpose(0, 2, 1, 3)
+    y, f0, g0 = rng.normal(size=(n, k)), rng.normal(size=(n, k)), rng.normal(size=(n_test, k))
+    ref_train, ref_test = _expm_reference(full, cross, y.reshape(-1), f0.reshape(-1), g0.reshape(-1), 3.0 / y.size)
+    predict_fn = gradient_descent_mse(*_cast(dtype, k_dd, y), learning_rate=1.0, trace_axes=())
+    train, test = predict_fn(3.0, *_cast(dtype, f0, g0, k_td))
+    assert_close(train.reshape(-1), ref_train, dtype, scale=50)
+    assert_close(test.reshape(-1), ref_test, dtype, scale=50)
+
+
+def test_traced_kernel_acts_on_every_traced_axis_alike(dtype):
+    """Outputs (N, 2, 3) traced over the last axis: kernel (N, N, 2, 2), identity along the traced axis."""
+    rng = np.random.default_rng(5)
+    n, p, r = 4, 2, 3
+    a = rng.normal(size=(n * p, n * p + 1))
+    full = a @ a.T
+    k_dd = full.reshape(n, p, n, p).transpose(0, 2, 1, 3)
+    y, f0 = rng.normal(size=(n, p, r)), rng.normal(size=(n, p, r))
+    train = gradient_descent_mse(*_cast(dtype, k_dd, y), learning_rate=5.0)(2.0, jnp.asarray(f0, dtype))
+    decay = scipy.linalg.expm(-5.0 * 2.0 / y.size * full)
+    for j in range(r):
+        ref = y[:, :, j].reshape(-1) + decay @ (f0[:, :, j] - y[:, :, j]).reshape(-1)
+        assert_close(train[:, :, j].reshape(-1), ref, dtype, scale=50)
+
+
+def test_singular_kernel_finite_time_is_fine_but_infinite_time_raises(dtype):
+    rng = np.random.default_rng(6)
+    feats = rng.normal(size=(6, 3))  # rank-3 Gram matrix of 6 points
+    k_dd = feats @ feats.T
+    y = rng.normal(size=(6, 1))
+    predict_fn = gradient_descent_mse(*_cast(dtype, k_dd, y))
+    out = predict_fn(jnp.asarray([1.0, 1e4], dtype))
+    assert np.all(np.isfinite(np.asarray(out)))
+    # Outputs move only within the kernel's range: their null-space part stays that of f₀ = 0.
+    null = scipy.linalg.null_space(k_dd)
+    np.testing.assert_allclose(null.T @ np.asarray(out[-1], np.float64), 0.0, atol=1e3 * np.finfo(dtype).eps)
+    with pytest.raises(ValueError, match="singular.*diag_reg"):
+        predict_fn(None)
+    with pytest.raises(ValueError, match="singular"):
+        predict_fn(jnp.inf, 0.0, None, jnp.asarray(k_dd[:2], dtype))
+    ok = gradient_descent_mse(*_cast(dtype, k_dd, y), diag_reg=1e-2)(None, 0.0, None, jnp.asarray(k_dd[:2], dtype))
+    assert np.all(np.isfinite(np.asarray(ok[1])))
+
+
+def test_clear_errors(dtype):
+    k_dd, k_td, y, f0, g0 = _cast(dtype, *_problem())
+    with pytest.raises(ValueError, match="k_train_train.*shape"):
+        gradient_descent_mse(k_dd[:-1], y)
+    with pytest.raises(ValueError, match="k_train_train.*NaN"):
+        gradient_descent_mse(k_dd.at[0, 0].set(jnp.nan), y)
+    with pytest.raises(ValueError, match="k_train_train.*symmetric"):
+        gradient_descent_mse(k_dd.at[0, 1].add(1.0), y)
+    with pytest.raises(ValueError, match="y_train.*Inf"):
+        gradient_descent_mse(k_dd, y.at[0, 0].set(jnp.inf))
+    with pytest.raises(ValueError, match="learning_rate"):
+        gradient_descent_mse(k_dd, y, learning_rate=-1.0)
+    with pytest.raises(ValueError, match="diag_reg"):
+        gradient_descent_mse(k_dd, y, diag_reg=float("nan"))
+    with pytest.raises(ValueError, match="trace_axes"):
+        gradient_descent_mse(k_dd, y, trace_axes=(0,))
+    predict_fn = gradient_descent_mse(k_dd, y)
+    with pytest.raises(ValueError, match="k_test_train"):
+        predict_fn(1.0, f0, g0)
+    with pytest.raises(ValueError, match="k_test_train.*shape"):
+        predict_fn(1.0, f0, g0, k_td[:, :-1])
+    with pytest.raises(ValueError, match="fx_train_0.*broadcast"):
+        predict_fn(1.0, f0[:-1])
+    with pytest.raises(ValueError, match="fx_test_0.*broadcast"):
+        predict_fn(1.0, f0, g0[:-1], k_td)
+    with pytest.raises(ValueError, match="`t`"):
+        predict_fn(-1.0, f0)
+    with pytest.raises(ValueError, match="`t`"):
+        predict_fn(jnp.asarray([1.0, jnp.nan], dtype), f0)
