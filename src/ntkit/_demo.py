@@ -19,7 +19,7 @@ def init_mlp(key, sizes, dtype=jnp.float32):
             for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:], strict=False))]
 
 
-def mlp_apply(params, x, w_std=np.sqrt(2.0), b_std=0.1):
+def mlp_apply(params, x, w_std=2.0 ** 0.5, b_std=0.1):
     """`z = w_std/√n · W x + b_std · b`, ReLU between layers (THEORY.md §1, NTK parameterisation)."""
     for i, layer in enumerate(params):
         n = layer["w"].shape[0]
