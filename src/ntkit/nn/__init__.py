@@ -15,6 +15,7 @@ from ._combinators import serial as serial
 from ._conv import Conv as Conv
 from ._core import Layer as Layer
 from ._dense import Dense as Dense
+from ._dropout import Dropout as Dropout
 from ._elementwise import ABRelu as ABRelu
 from ._elementwise import Abs as Abs
 from ._elementwise import Cos as Cos
@@ -35,6 +36,7 @@ from ._elementwise import Sin as Sin
 from ._elementwise import gauss_hermite_2d as gauss_hermite_2d
 from ._kernel import KernelState as KernelState
 from ._monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn
+from ._normalization import LayerNorm as LayerNorm
 from ._pooling import AvgPool as AvgPool
 from ._pooling import Flatten as Flatten
 from ._pooling import GlobalAvgPool as GlobalAvgPool

@@ -184,7 +184,7 @@ def _rect_j(n: int, cos, sin, theta):
 
 
 def _rect_monomial(x, n):
-    return jnp.where(x > 0, x, 0) ** n
+    return jnp.where(x > 0, x ** n, 0)
 
 
 def _rect_monomial_nngp(cov12, var1, var2, n):

@@ -1,0 +1,57 @@
+"""Layer normalization over channels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from ._core import Layer
+from ._dense import check_state
+from ._kernel import cross_variances, diagonal_variances, self_variances
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNorm(Layer):
+    """`y = (x − mean_c x) / √(var_c x + ε)` over the channel axis.
+
+    On a centred Gaussian input of infinite width the channel mean tends to 0 and the channel variance to `Σ₁₁`,
+    so `Σ'[i, i'] = Σ[i, i'] / √(Σ₁₁[i] Σ₂₂[i'])` and `Θ'` likewise (THEORY.md §2; Ba et al. 2016). A non-Gaussian
+    input (after a ReLU, say) has a non-zero channel mean, which this formula ignores: that raises.
+
+    Args:
+      axis: must be `-1` (channels).
+      eps: `ε` of the finite layer.
+    """
+
+    axis: int = -1
+    eps: float = 1e-12
+
+    def __post_init__(self):
+        if self.axis != -1:
+            raise ValueError(f"LayerNorm normalizes the channel axis only (`axis=-1`), got axis={self.axis}.")
+
+    def init(self, key, input_shape):
+        return tuple(input_shape), ()
+
+    def apply(self, params, x, **kwargs):
+        mean = jnp.mean(x, -1, keepdims=True)
+        var = jnp.mean((x - mean) ** 2, -1, keepdims=True)
+        return (x - mean) / jnp.sqrt(var + self.eps)
+
+    def transform(self, k, **kwargs):
+        k = check_state(k, "LayerNorm")
+        if not k.is_gaussian:
+            raise ValueError("LayerNorm needs a centred Gaussian input (the output of a Dense or Conv layer, or a "
+                             "sum of them); its kernel formula ignores the channel mean.")
+        d1, d2 = diagonal_variances(k)
+        v1, v2 = cross_variances(d1, d2, k)
+        norm = jnp.sqrt(v1 * v2)
+
+        def self_norm(cov, d):
+            a, b = self_variances(d, k)
+            return cov / jnp.sqrt(a * b)
+
+        return k.replace(nngp=k.nngp / norm, ntk=None if k.ntk is None else k.ntk / norm,
+                         cov1=self_norm(k.cov1, d1), cov2=None if k.cov2 is None else self_norm(k.cov2, d2),
+                         is_input=False)
