@@ -1,0 +1,177 @@
+"""`gradient_descent_mse_ensemble` and `gp_inference` against direct numpy formulas and scikit-learn."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF
+
+import ntkit
+from ntkit.predict import Gaussian, gp_inference, gradient_descent_mse_ensemble
+from tests.tolerance import assert_close
+
+
+def relu_kernels(x1, x2):
+    """One hidden ReLU layer, NTK parameterization, `W_std = 1` then `√2`, no bias (THEORY.md §2), numpy float64."""
+    x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
+    d = x1.shape[1]
+    s12 = x1 @ x2.T / d
+    s11, s22 = np.sum(x1**2, 1)[:, None] / d, np.sum(x2**2, 1)[None, :] / d
+    norm = np.sqrt(s11 * s22)
+    theta = np.arccos(np.clip(s12 / norm, -1.0, 1.0))
+    e_phi = norm * (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / (2 * np.pi)
+    e_dphi = (np.pi - theta) / (2 * np.pi)
+    nngp = 2.0 * e_phi
+    return nngp, nngp + 2.0 * s12 * e_dphi
+
+
+def make_kernel_fn(dtype):
+    def kernel_fn(x1, x2, get):
+        nngp, ntk = relu_kernels(x1, x1 if x2 is None else x2)
+        return ntkit.Kernel(nngp=jnp.asarray(nngp, dtype), ntk=jnp.asarray(ntk, dtype))
+    return kernel_fn
+
+
+def _data(n=8, n_test=5, k=2, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x, xt = rng.normal(size=(n, d)), rng.normal(size=(n_test, d))
+    return x, xt, np.sin(x[:, :k] * 2.0)
+
+
+def _ensemble_reference(dyn_dd, dyn_td, nngp_dd, nngp_td, nngp_tt, y, tau):
+    """Mean and covariance of THEORY.md §3, with A = Θ(x,X) Θ⁻¹ (I − e^{−τΘ}) (τ = inf: Θ(x,X) Θ⁻¹)."""
+    proj = np.eye(len(y)) if np.isinf(tau) else np.eye(len(y)) - scipy.linalg.expm(-tau * dyn_dd)
+    a = dyn_td @ np.linalg.solve(dyn_dd, proj)
+    cov = nngp_tt + a @ nngp_dd @ a.T - (a @ nngp_td.T + nngp_td @ a.T)
+    return a @ y, cov
+
+
+def test_closed_form_kernel_matches_theory_exact_check():
+    x = np.array([[1.0, 0.0], [np.cos(1.0), np.sin(1.0)]]) * np.sqrt(2.0)
+    _, ntk = relu_kernels(x, x)
+    theta = 1.0
+    np.testing.assert_allclose(np.diag(ntk), 2.0)
+    np.testing.assert_allclose(ntk[0, 1], np.cos(theta) * (np.pi - theta) / np.pi
+                               + (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / np.pi)
+
+
+@pytest.mark.parametrize("get", ["ntk", "nngp"])
+def test_ensemble_mean_and_covariance_match_numpy(dtype, get):
+    x, xt, y = _data()
+    lr = 2.0
+    nngp_dd, ntk_dd = relu_kernels(x, x)
+    nngp_td, ntk_td = relu_kernels(xt, x)
+    nngp_tt, _ = relu_kernels(xt, xt)
+    dyn_dd, dyn_td = (ntk_dd, ntk_td) if get == "ntk" else (nngp_dd, nngp_td)
+    predict_fn = gradient_descent_mse_ensemble(make_kernel_fn(dtype), jnp.asarray(x, dtype), jnp.asarray(y, dtype),
+                                               learning_rate=lr)
+    ts = np.array([1.0, 30.0, 1000.0])
+    out = predict_fn(jnp.asarray(ts, dtype), jnp.asarray(xt, dtype), get, compute_cov=True)
+    assert isinstance(out, Gaussian) and out.mean.shape == (3, 5, 2) and out.covariance.shape == (3, 5, 5)
+    for i, t in enumerate(ts):
+        mean, cov = _ensemble_reference(dyn_dd, dyn_td, nngp_dd, nngp_td, nngp_tt, y, lr * t / y.size)
+        assert_close(out.mean[i], mean, dtype, scale=300, err_msg=f"mean t={t}")
+        np.testing.assert_allclose(out.covariance[i], cov, atol=300 * np.finfo(dtype).eps ** 0.75)
+    inf = predict_fn(None, jnp.asarray(xt, dtype), get, compute_cov=True)
+    mean, cov = _ensemble_reference(dyn_dd, dyn_td, nngp_dd, nngp_td, nngp_tt, y, np.inf)
+    assert_close(inf.mean, mean, dtype, scale=300)
+    np.testing.assert_allclose(inf.covariance, cov, atol=300 * np.finfo(dtype).eps ** 0.75)
+    if get == "nngp":  # trained readout to t = ∞ is the NNGP Bayesian posterior
+        np.testing.assert_allclose(cov, nngp_tt - nngp_td @ np.linalg.solve(nngp_dd, nngp_td.T), atol=1e-10)
+
+
+def test_ensemble_on_the_training_set_and_get_tuple(dtype):
+    x, _, y = _data(seed=1)
+    lr, t = 1.0, 20.0
+    nngp_dd, ntk_dd = relu_kernels(x, x)
+    predict_fn = gradient_descent_mse_ensemble(make_kernel_fn(dtype), jnp.asarray(x, dtype), jnp.asarray(y, dtype),
+                                               learning_rate=lr)
+    out = predict_fn(t, None, None, compute_cov=True)
+    assert out._fields == ("nngp", "ntk")
+    decay = scipy.linalg.expm(-lr * t / y.size * ntk_dd)
+    assert_close(out.ntk.mean, y - decay @ y, dtype, scale=300)
+    np.testing.assert_allclose(out.ntk.covariance, decay @ nngp_dd @ decay, atol=300 * np.finfo(dtype).eps ** 0.75)
+    at_inf = predict_fn(None, None, "ntk", compute_cov=True)
+    assert_close(at_inf.mean, y, dtype, scale=10)
+    assert np.all(np.asarray(at_inf.covariance) == 0)
+    mean_only = predict_fn(t, None, "ntk")
+    assert_close(mean_only, out.ntk.mean, dtype)
+
+
+def test_ensemble_with_ridge_equals_gp_inference_at_infinite_time(dtype):
+    x, xt, y = _data(seed=2)
+    kernel_fn = make_kernel_fn(dtype)
+    xs, ys, xts = (jnp.asarray(v, dtype) for v in (x, y, xt))
+    ens = gradient_descent_mse_ensemble(kernel_fn, xs, ys, diag_reg=0.05)(None, xts, "ntk", compute_cov=True)
+    gp = gp_inference(kernel_fn(xs, None, None), ys, diag_reg=0.05)("ntk", kernel_fn(xts, xs, None),
+                                                                     kernel_fn(xts, None, None))
+    assert_close(ens.mean, gp.mean, dtype, scale=10)
+    assert_close(ens.covariance, gp.covariance, dtype, scale=10)
+    # ... and the ensemble's finite-time eigen path tends to it.
+    late = gradient_descent_mse_ensemble(kernel_fn, xs, ys, diag_reg=0.05)(1e9, xts, "ntk")
+    assert_close(late, gp.mean, dtype, scale=300)
+
+
+def test_gp_inference_nngp_matches_sklearn(dtype):
+    rng = np.random.default_rng(3)
+    x, xt = rng.normal(size=(12, 3)), rng.normal(size=(5, 3))
+    y = np.cos(x[:, :2])
+    rbf = RBF(length_scale=1.3)
+    noise = 0.05
+    gpr = GaussianProcessRegressor(kernel=rbf, alpha=noise, optimizer=None, normalize_y=False).fit(x, y)
+    mean, cov = gpr.predict(xt, return_cov=True)
+    cov = cov[..., 0] if cov.ndim == 3 else cov
+    predict_fn = gp_inference(jnp.asarray(rbf(x), dtype), jnp.asarray(y, dtype), diag_reg=noise,
+                              diag_reg_absolute_scale=True)
+    post = predict_fn("nngp", jnp.asarray(rbf(xt, x), dtype), jnp.asarray(rbf(xt), dtype))
+    assert_close(post.mean, mean, dtype, scale=100)
+    np.testing.assert_allclose(post.covariance, cov, atol=100 * np.finfo(dtype).eps ** 0.75)
+
+
+def test_gp_inference_ntk_and_ntkgp_match_numpy(dtype):
+    x, xt, y = _data(seed=4)
+    nngp_dd, ntk_dd = relu_kernels(x, x)
+    nngp_td, ntk_td = relu_kernels(xt, x)
+    nngp_tt, ntk_tt = relu_kernels(xt, xt)
+    eps = 0.1 * np.mean(np.diag(ntk_dd))
+
+    def k(a, b):
+        return ntkit.Kernel(nngp=jnp.asarray(a, dtype), ntk=jnp.asarray(b, dtype))
+
+    predict_fn = gp_inference(k(nngp_dd, ntk_dd), jnp.asarray(y, dtype), diag_reg=0.1)
+    out = predict_fn(("ntk", "ntkgp"), k(nngp_td, ntk_td), k(nngp_tt, ntk_tt))
+    ntk_reg = ntk_dd + eps * np.eye(len(y))
+    a = ntk_td @ np.linalg.inv(ntk_reg)
+    tol = 100 * np.finfo(dtype).eps ** 0.75
+    assert_close(out.ntk.mean, a @ y, dtype, scale=100)
+    np.testing.assert_allclose(out.ntk.covariance, nngp_tt + a @ nngp_dd @ a.T - (a @ nngp_td.T + nngp_td @ a.T),
+                               atol=tol)
+    assert_close(out.ntkgp.mean, a @ y, dtype, scale=100)
+    np.testing.assert_allclose(out.ntkgp.covariance, ntk_tt - a @ ntk_td.T, atol=tol)
+    train = predict_fn("nngp", None, True)
+    assert_close(train.mean, y, dtype)
+    assert np.all(np.asarray(train.covariance) == 0)
+    assert predict_fn("ntk", k(nngp_td, ntk_td)).shape == y[:5].shape
+
+
+def test_inference_errors(dtype):
+    x, xt, y = _data()
+    nngp_dd, ntk_dd = relu_kernels(x, x)
+    ys = jnp.asarray(y, dtype)
+    with pytest.raises(ValueError, match="singular"):
+        gp_inference(jnp.ones((8, 8), dtype), ys)("nngp", jnp.ones((2, 8), dtype))
+    with pytest.raises(ValueError, match="nngp"):
+        gp_inference(ntkit.Kernel(nngp=None, ntk=jnp.asarray(ntk_dd, dtype)), ys)("nngp", jnp.ones((2, 8), dtype))
+    with pytest.raises(ValueError, match="get"):
+        gp_inference(jnp.asarray(nngp_dd, dtype), ys)("bayes")
+    with pytest.raises(ValueError, match="k_test_train.*shape"):
+        gp_inference(jnp.asarray(nngp_dd, dtype), ys)("nngp", jnp.ones((2, 7), dtype))
+    kernel_fn = make_kernel_fn(dtype)
+    with pytest.raises(ValueError, match="same number of examples"):
+        gradient_descent_mse_ensemble(kernel_fn, jnp.asarray(x[:-1], dtype), ys)
+    predict_fn = gradient_descent_mse_ensemble(kernel_fn, jnp.asarray(x, dtype), ys)
+    with pytest.raises(ValueError, match="feature shape"):
+        predict_fn(1.0, jnp.ones((2, 3), dtype))
+    with pytest.raises(ValueError, match="get"):
+        predict_fn(1.0, None, "ntkgp")
