@@ -127,3 +127,32 @@ def brute_force_ntk(f, params, x1, x2):
         b = b.reshape(b.shape[:out_ndim] + (-1,))
         total = total + jnp.tensordot(a, b, axes=((-1,), (-1,)))
     return total
+
+
+def scan_custom_jvp(dtype, n1=3, n2=2):
+    """Parameters inside `lax.scan` and through a `custom_jvp` activation: no structured rule applies there."""
+    k = jax.random.split(jax.random.key(4), 4)
+
+    @jax.custom_jvp
+    def softsign(z):
+        return z / (1.0 + jnp.abs(z))
+
+    @softsign.defjvp
+    def _softsign_jvp(primals, tangents):
+        (z,), (dz,) = primals, tangents
+        return softsign(z), dz / (1.0 + jnp.abs(z)) ** 2
+
+    def f(p, x):  # x: (N, T, d)
+        def step(h, xt):
+            h = softsign(h @ p["u"] / 3.0 + xt @ p["w"] / 2.0)
+            return h, None
+
+        h0 = jnp.zeros((x.shape[0], p["u"].shape[0]), x.dtype)
+        h, _ = jax.lax.scan(step, h0, jnp.swapaxes(x, 0, 1))
+        return h @ p["v"] / 3.0
+
+    params = {"u": _normal(k[0], (9, 9), dtype), "w": _normal(k[1], (4, 9), dtype), "v": _normal(k[2], (9, 2), dtype)}
+    return f, params, _normal(k[3], (n1, 5, 4), dtype), _normal(jax.random.key(10), (n2, 5, 4), dtype)
+
+
+MODELS["scan_custom_jvp"] = scan_custom_jvp

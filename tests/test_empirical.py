@@ -51,7 +51,7 @@ def test_layouts_match_brute_force(dtype, implementation, name, trace_axes, diag
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@pytest.mark.parametrize("name", ["mlp", "cnn", "residual_layernorm", "flax", "equinox"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "residual_layernorm", "flax", "equinox", "scan_custom_jvp"])
 @pytest.mark.parametrize("vmap_axes", [None, 0])
 def test_model_families_match_brute_force(dtype, implementation, name, vmap_axes):
     f, params, x1, x2, ref = _reference(name, dtype, "icjc->ij", -1)
