@@ -70,7 +70,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
       with covariance `t.shape + (N_test, N_test, O_a, O_a', ...)`; a tuple `get` gives a named tuple of them.
 
     Example:
-      >>> import jax.numpy as jnp, ntkit
+      >>> import jax.numpy as jnp, ntkit.predict
       >>> def kernel_fn(x1, x2, get):  # a linear network's kernels
       ...     x2 = x1 if x2 is None else x2
       ...     k = x1 @ x2.T / x1.shape[1]

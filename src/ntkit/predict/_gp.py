@@ -64,7 +64,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
         singular train kernel without ridge.
 
     Example:
-      >>> import jax.numpy as jnp, ntkit
+      >>> import jax.numpy as jnp, ntkit.predict
       >>> k = jnp.array([[1.0, 0.5], [0.5, 1.0]]); y = jnp.array([[1.0], [0.0]])
       >>> predict_fn = ntkit.predict.gp_inference(k, y, diag_reg=1e-3)
       >>> post = predict_fn("nngp", k_test_train=jnp.array([[0.5, 1.0]]), k_test_test=jnp.array([[1.0]]))

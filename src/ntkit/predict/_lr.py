@@ -27,7 +27,7 @@ def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: 
       `η_crit` as a Python float.
 
     Example:
-      >>> import jax.numpy as jnp, ntkit
+      >>> import jax.numpy as jnp, ntkit.predict
       >>> ntkit.predict.max_learning_rate(jnp.eye(3) * 2.0, y_train_size=6)
       6.0
     """

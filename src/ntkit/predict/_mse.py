@@ -60,7 +60,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
         kernel (without ridge) at infinite time.
 
     Example:
-      >>> import jax.numpy as jnp, ntkit
+      >>> import jax.numpy as jnp, ntkit.predict
       >>> k = jnp.array([[2.0, 0.5], [0.5, 1.0]]); y = jnp.array([[1.0], [-1.0]])
       >>> predict_fn = ntkit.predict.gradient_descent_mse(k, y, learning_rate=0.5)
       >>> predict_fn(t=jnp.array([0.0, 10.0])).shape  # from f₀ = 0

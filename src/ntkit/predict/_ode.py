@@ -71,7 +71,7 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate: float = 1.0, m
       `(fx_train_t, fx_test_t)` when `k_test_train` is given.
 
     Example:
-      >>> import jax, jax.numpy as jnp, ntkit
+      >>> import jax, jax.numpy as jnp, ntkit.predict
       >>> k = jnp.array([[1.0, 0.2], [0.2, 1.0]]); y = jnp.array([[1.0, 0.0], [0.0, 1.0]])
       >>> xent = lambda fx, y: -jnp.mean(jnp.sum(jax.nn.log_softmax(fx) * y, -1))
       >>> predict_fn = ntkit.predict.gradient_descent(xent, k, y, learning_rate=1.0)
