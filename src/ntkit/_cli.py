@@ -4,51 +4,105 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+
+_DATASETS = ("digits", "iris", "wine", "breast_cancer")
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
+    widths = tuple(_positive_int(p) for p in parts)
+    if len(set(widths)) != len(widths):
+        raise argparse.ArgumentTypeError(f"repeats a width: {text}")
+    return tuple(sorted(widths))
+
+
 def _parser() -> argparse.ArgumentParser:
+    from ._demo import DEFAULTS, QUICK
+
     parser = argparse.ArgumentParser(prog="ntkit", description="Neural Tangent Kernels for real models and data.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="empirical NTK of a wide ReLU network on a bundled data set")
-    demo.add_argument("--dataset", default="digits", choices=["digits", "iris", "wine", "breast_cancer"])
-    demo.add_argument("--n-train", type=_positive_int, default=400, help="training examples (default 400)")
-    demo.add_argument("--width", type=_positive_int, default=512, help="hidden width (default 512)")
-    demo.add_argument("--depth", type=_positive_int, default=2, help="hidden layers (default 2)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo = sub.add_parser(
+        "demo", help="infinitely wide vs finite ReLU networks on a bundled data set; writes a report folder",
+        description="Analytic NTK/NNGP of a ReLU network and the test accuracy of the infinitely wide trained "
+                    "network, the infinite ensemble and the NNGP posterior; finite networks of several widths "
+                    "trained by gradient descent, their real and predicted training curves and the kernel's change "
+                    "against width; the NTK spectrum and the largest stable learning rate. Writes PNG plots, "
+                    "report.md and metrics.json into --out.")
+    demo.add_argument("--dataset", choices=_DATASETS, help=f"scikit-learn bundled data set (default "
+                                                           f"{DEFAULTS['dataset']})")
+    demo.add_argument("--n-train", type=_positive_int, help=f"training examples (default {DEFAULTS['n_train']})")
+    demo.add_argument("--n-test", type=_positive_int, help=f"test examples (default {DEFAULTS['n_test']})")
+    demo.add_argument("--widths", type=_widths, metavar="W1,W2,...",
+                      help=f"hidden widths of the finite networks (default {','.join(map(str, DEFAULTS['widths']))})")
+    demo.add_argument("--depth", type=_positive_int, help=f"hidden layers (default {DEFAULTS['depth']})")
+    demo.add_argument("--steps", type=_positive_int, help=f"gradient-descent steps (default {DEFAULTS['steps']})")
+    demo.add_argument("--learning-rate", type=_positive_float,
+                      help="learning rate (default: half the smallest critical rate 2nk/λ_max)")
+    demo.add_argument("--out", default="ntkit-report", help="report folder (default ntkit-report)")
+    demo.add_argument("--seed", type=int, help="random seed (default 0)")
+    demo.add_argument("--quick", action="store_true",
+                      help="tiny sizes for a smoke test (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ")")
+    demo.add_argument("--json", action="store_true", help="print the metrics as JSON instead of the summary")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from ._demo import run_demo
+def _demo(args, parser) -> int:
+    from ._demo import DEFAULTS, QUICK, run_demo
+    from ._report import summary_lines, write_report
 
-        try:
-            summary = run_demo(args.dataset, args.n_train, args.width, args.depth, args.seed)
-        except ValueError as err:
-            print(f"ntkit demo: error: {err}", file=sys.stderr)
-            return 2
-        if args.json:
-            print(json.dumps(summary, indent=2))
-            return 0
-        print(f"Empirical NTK of a {args.depth}-hidden-layer ReLU MLP (width {args.width}, "
-              f"{summary['n_params']:,} parameters) on {summary['n_train']} '{args.dataset}' examples")
-        print(f"  implementation (auto): {summary['implementation']}, {summary['seconds']:.2f} s")
-        print(f"  λ_max = {summary['lambda_max']:.4g}   λ_min = {summary['lambda_min']:.4g}   "
-              f"condition number = {summary['condition_number']:.4g}")
-        print(f"  effective rank = {summary['effective_rank']:.2f}   "
-              f"top-10 share of the trace = {summary['top10_trace_fraction']:.1%}")
-        print(f"  suggested maximum learning rate 2nk/λ_max = {summary['max_learning_rate']:.4g}")
+    options = dict(DEFAULTS, **(QUICK if args.quick else {}))
+    for name in DEFAULTS:
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    try:
+        metrics = run_demo(**options, progress=not args.no_progress)
+    except ValueError as err:
+        print(f"ntkit demo: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        paths = write_report(metrics, args.out)
+    except OSError as err:
+        print(f"ntkit demo: error: cannot write the report to {args.out!r}: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+        return 0
+    print("\n".join(summary_lines(metrics)))
+    print(f"report: {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args, parser)
+    return 0  # pragma: no cover - argparse requires a command
 
 
 if __name__ == "__main__":  # pragma: no cover
