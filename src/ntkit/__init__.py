@@ -11,4 +11,6 @@ from ._empirical import empirical_ntk_vp_fn as empirical_ntk_vp_fn
 from ._linearize import linearize as linearize
 from ._linearize import taylor_expand as taylor_expand
 
+from . import predict as predict
+
 __version__ = "0.1.0"
