@@ -1,40 +1,73 @@
-"""The `ntkit` command line and its demo."""
+"""The `ntkit` command line: help, options, errors."""
 
 import json
 
-import numpy as np
 import pytest
 
 from ntkit._cli import main
-from ntkit._demo import spectrum_summary
+
+TINY = ["--dataset", "iris", "--n-train", "24", "--n-test", "12", "--widths", "8,16", "--steps", "5",
+        "--no-progress"]
 
 
-def test_demo_json(capsys):
-    assert main(["demo", "--n-train", "40", "--width", "32", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["n_train"] == 40
-    assert summary["lambda_max"] >= summary["lambda_min"] > 0
-    assert summary["max_learning_rate"] == pytest.approx(2 * 40 * 10 / summary["lambda_max"])
-
-
-def test_demo_text(capsys):
-    assert main(["demo", "--dataset", "iris", "--n-train", "30", "--width", "16"]) == 0
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    assert "demo" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--help"])
+    assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "suggested maximum learning rate" in out
+    for option in ("--dataset", "--n-train", "--n-test", "--widths", "--depth", "--steps", "--learning-rate", "--out",
+                   "--seed", "--quick"):
+        assert option in out
 
 
-def test_demo_bad_options(capsys):
-    assert main(["demo", "--dataset", "iris", "--n-train", "500"]) == 2
-    assert "too many" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["demo", "--width", "0"])
+def test_demo_text(tmp_path, capsys):
+    assert main(["demo", *TINY, "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "suggested maximum learning rate 2nk/λ_max" in out
+    assert "log-log slope" in out
+    assert (tmp_path / "r" / "metrics.json").exists()
 
 
-def test_spectrum_summary_on_a_known_matrix():
-    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))
-    ntk = q @ np.diag([8.0, 4.0, 2.0, 1.0]) @ q.T
-    summary = spectrum_summary(ntk, n_outputs=3)
-    assert summary["lambda_max"] == pytest.approx(8.0)
-    assert summary["condition_number"] == pytest.approx(8.0)
-    assert summary["effective_rank"] == pytest.approx(15.0 ** 2 / 85.0)
-    assert summary["max_learning_rate"] == pytest.approx(2 * 4 * 3 / 8.0)
+def test_demo_json_and_explicit_learning_rate(tmp_path, capsys):
+    assert main(["demo", *TINY, "--learning-rate", "0.5", "--depth", "2", "--out", str(tmp_path), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["learning_rate"]["value"] == 0.5 and not metrics["learning_rate"]["default"]
+    assert metrics["config"]["depth"] == 2 and metrics["config"]["widths"] == [8, 16]
+    spectrum = metrics["analytic_spectrum"]
+    assert spectrum["max_learning_rate"] == pytest.approx(2 * 24 * 3 / spectrum["lambda_max"])
+
+
+def test_learning_rate_above_critical_is_flagged(tmp_path, capsys):
+    assert main(["demo", *TINY, "--learning-rate", "1e4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON even if training diverged
+    assert any(e["diverged"] for e in metrics["finite_width"].values())
+
+
+@pytest.mark.parametrize("argv", [
+    ["--widths", "0,8"], ["--widths", "8,x"], ["--widths", "8,8"], ["--widths", ","], ["--n-train", "0"],
+    ["--steps", "-3"], ["--depth", "two"], ["--learning-rate", "0"], ["--learning-rate", "nan"],
+    ["--dataset", "mnist"], ["--seed", "1.5"],
+])
+def test_bad_options_are_argparse_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", *argv])
+    assert exit_.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_data_set_too_small_is_a_clean_error(tmp_path, capsys):
+    assert main(["demo", "--dataset", "iris", "--n-train", "500", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ntkit demo: error:") and "too many" in err
+
+
+def test_no_command_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2

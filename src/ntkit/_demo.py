@@ -41,7 +41,7 @@ def spectrum_summary(ntk: np.ndarray, n_outputs: int) -> dict:
         "n_train": n,
         "lambda_max": float(eigenvalues[0]),
         "lambda_min": float(eigenvalues[-1]),
-        "condition_number": float(eigenvalues[0] / max(eigenvalues[-1], np.finfo(np.float64).tiny)),
+        "condition_number": float(eigenvalues[0] / eigenvalues[-1]) if eigenvalues[-1] > 0 else math.inf,
         "effective_rank": float(positive.sum() ** 2 / (positive ** 2).sum()),
         "top10_trace_fraction": float(positive[:10].sum() / positive.sum()),
         "max_learning_rate": float(2.0 * n * n_outputs / eigenvalues[0]),
@@ -167,10 +167,12 @@ def run_demo(dataset: str = "digits", n_train: int = 256, n_test: int = 256, wid
             f0_train, f0_test = real.pop("fx_train_0"), real.pop("fx_test_0")
             empirical = predicted_curves(net["theta_dd"], net["theta_td"], y_train, y_test, f0_train, f0_test, lr, at)
             analytic = predicted_curves(k["ntk_dd"], k["ntk_td"], y_train, y_test, f0_train, f0_test, lr, at)
-            theta_t = net["ntk_fn"](x_train, None, params_t)
+            diverged = not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(params_t))
+            theta_t = None if diverged else net["ntk_fn"](x_train, None, params_t)
             finite[str(width)] = {
                 "real": real, "predicted_empirical_ntk": empirical, "predicted_analytic_ntk": analytic,
-                "kernel_change": relative_change(theta_t, net["theta_dd"]),
+                "kernel_change": None if diverged else relative_change(theta_t, net["theta_dd"]),
+                "diverged": diverged,
                 "init_deviation_from_analytic": relative_change(net["theta_dd"], k["ntk_dd"]),
                 "empirical_spectrum": spectrum_summary(net["theta_dd"], n_classes),
                 "empirical_eigenvalues": np.linalg.eigvalsh(np.asarray(net["theta_dd"], np.float64))[::-1].tolist(),

@@ -1,0 +1,100 @@
+"""`ntkit demo` end to end in `--quick` mode: report files, metrics and their sanity."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ntkit._cli import main
+from ntkit._demo import QUICK, spectrum_summary
+from ntkit._report import curve_gap
+from ntkit._training import checkpoints
+
+FILES = ("metrics.json", "report.md", "training_curves.png", "kernel_change.png", "spectrum.png")
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_report_files(quick_report):
+    out, _ = quick_report
+    for name in FILES:
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "![kernel_change.png](kernel_change.png)" in report
+    assert "suggested maximum learning rate" in report
+
+
+def test_metrics_keys(quick_report):
+    _, m = quick_report
+    assert set(m) >= {"config", "checkpoints", "analytic_spectrum", "learning_rate", "infinite_width", "finite_width",
+                      "kernel_change_slope", "init_deviation_slope", "seconds"}
+    assert m["config"]["widths"] == list(QUICK["widths"])
+    assert m["checkpoints"][0] == 0 and m["checkpoints"][-1] == QUICK["steps"]
+    assert set(m["infinite_width"]) == {"ntk_network_t_inf", "ntk_ensemble_t_inf", "ntk_ensemble_t_steps",
+                                        "nngp_posterior"}
+    for entry in m["finite_width"].values():
+        for kind in ("real", "predicted_empirical_ntk", "predicted_analytic_ntk"):
+            assert set(entry[kind]) == {"train_loss", "test_loss", "test_accuracy"}
+            assert len(entry[kind]["train_loss"]) == len(m["checkpoints"])
+
+
+def test_accuracies_above_chance(quick_report):
+    _, m = quick_report
+    chance = 1.0 / m["config"]["n_classes"]
+    accuracies = [r["test_accuracy"] for r in m["infinite_width"].values()]
+    accuracies += [e[k]["test_accuracy"][-1] for e in m["finite_width"].values()
+                   for k in ("real", "predicted_empirical_ntk", "predicted_analytic_ntk")]
+    assert all(0.0 <= a <= 1.0 for a in accuracies)
+    # 48 test digits: a kernel predictor at chance would score ~10%; these reach 50-75%.
+    assert m["infinite_width"]["ntk_ensemble_t_inf"]["test_accuracy"] > 3 * chance
+    assert m["infinite_width"]["nngp_posterior"]["test_accuracy"] > 3 * chance
+    assert all(e["real"]["test_accuracy"][-1] > 2 * chance for e in m["finite_width"].values())
+
+
+def test_training_and_prediction_agree_for_the_widest_net(quick_report):
+    _, m = quick_report
+    lr = m["learning_rate"]
+    assert lr["default"] and lr["value"] == pytest.approx(0.5 * min(lr["critical_analytic"],
+                                                                    *lr["critical_empirical"].values()))
+    widest = m["finite_width"][str(max(m["config"]["widths"]))]
+    real = widest["real"]["train_loss"]
+    assert real[-1] < 0.05 * real[0]  # it trains
+    # Same outputs at step 0, then loss curves within 15% of the starting loss at every recorded step. Most of the
+    # gap is the first steps: gradient descent at half the critical rate removes the top eigenmode's error in one step
+    # (factor 1 − ηλ/(nk) = 0) where gradient flow leaves e^{-1} of it.
+    assert widest["predicted_empirical_ntk"]["train_loss"][0] == pytest.approx(real[0], rel=1e-4)
+    assert widest["train_loss_gap_empirical_ntk"] < 0.15
+    assert widest["train_loss_gap_analytic_ntk"] < 0.15
+    narrowest = m["finite_width"][str(min(m["config"]["widths"]))]
+    assert widest["train_loss_gap_empirical_ntk"] <= narrowest["train_loss_gap_empirical_ntk"]
+
+
+def test_kernel_change_shrinks_with_width(quick_report):
+    _, m = quick_report
+    changes = [m["finite_width"][str(w)]["kernel_change"] for w in m["config"]["widths"]]
+    assert all(c > 0 for c in changes) and changes[-1] < changes[0]
+    assert m["kernel_change_slope"] < 0
+    assert m["init_deviation_slope"] < 0
+
+
+def test_checkpoints_and_curve_gap():
+    at = checkpoints(1000)
+    assert at[0] == 0 and at[-1] == 1000 and np.all(np.diff(at) > 0)
+    assert curve_gap([2.0, 1.0, 0.5], [2.0, 1.5, 0.5]) == pytest.approx(0.25)
+    assert curve_gap([2.0, None], [2.0, 1.0]) is None
+
+
+def test_spectrum_summary_on_a_known_matrix():
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))
+    ntk = q @ np.diag([8.0, 4.0, 2.0, 1.0]) @ q.T
+    summary = spectrum_summary(ntk, n_outputs=3)
+    assert summary["lambda_max"] == pytest.approx(8.0)
+    assert summary["condition_number"] == pytest.approx(8.0)
+    assert summary["effective_rank"] == pytest.approx(15.0 ** 2 / 85.0)
+    assert summary["max_learning_rate"] == pytest.approx(2 * 4 * 3 / 8.0)
