@@ -20,8 +20,12 @@ def linearize(f: Callable, params) -> Callable:
     gradient descent it follows the NTK dynamics of `f` at `params` exactly (Lee et al. 2019).
 
     Example:
-      >>> f_lin = ntkit.linearize(f, params0)
-      >>> f_lin(params0, x)  # equals f(params0, x)
+      >>> import jax.numpy as jnp, ntkit
+      >>> f = lambda p, x: jnp.sin(x @ p)
+      >>> p0, x = jnp.ones((3, 2)), jnp.ones((4, 3))
+      >>> f_lin = ntkit.linearize(f, p0)
+      >>> bool(jnp.allclose(f_lin(p0, x), f(p0, x)))
+      True
     """
     check_params(params)
 
