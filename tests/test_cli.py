@@ -24,29 +24,26 @@ def test_help(capsys):
         assert option in out
 
 
-def test_demo_text(tmp_path, capsys):
-    assert main(["demo", *TINY, "--out", str(tmp_path / "r")]) == 0
+def test_demo_text_with_explicit_learning_rate(tmp_path, capsys):
+    argv = ["demo", *TINY, "--learning-rate", "0.5", "--depth", "2", "--widths", "16", "--out", str(tmp_path)]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "suggested maximum learning rate 2nk/λ_max" in out
-    assert "log-log slope" in out
-    assert (tmp_path / "r" / "metrics.json").exists()
-
-
-def test_demo_json_and_explicit_learning_rate(tmp_path, capsys):
-    assert main(["demo", *TINY, "--learning-rate", "0.5", "--depth", "2", "--out", str(tmp_path), "--json"]) == 0
-    metrics = json.loads(capsys.readouterr().out)
+    assert "log-log slope" in out and "η = 0.5 (given)" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["learning_rate"]["value"] == 0.5 and not metrics["learning_rate"]["default"]
-    assert metrics["config"]["depth"] == 2 and metrics["config"]["widths"] == [8, 16]
+    assert metrics["config"]["depth"] == 2 and metrics["config"]["widths"] == [16]
+    assert metrics["kernel_change_slope"] is None and "slope" in out  # one width: no slope to fit
     spectrum = metrics["analytic_spectrum"]
     assert spectrum["max_learning_rate"] == pytest.approx(2 * 24 * 3 / spectrum["lambda_max"])
 
 
-def test_learning_rate_above_critical_is_flagged(tmp_path, capsys):
-    assert main(["demo", *TINY, "--learning-rate", "1e4", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "WARNING" in out
-    metrics = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON even if training diverged
+def test_demo_json_learning_rate_above_critical(tmp_path, capsys):
+    assert main(["demo", *TINY, "--learning-rate", "1e4", "--out", str(tmp_path), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["learning_rate"]["above_critical"] == [8, 16]
     assert any(e["diverged"] for e in metrics["finite_width"].values())
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"] == metrics["config"]  # strict JSON
 
 
 @pytest.mark.parametrize("argv", [

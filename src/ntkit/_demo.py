@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +26,9 @@ from ._datasets import load_dataset
 from ._empirical import Kernel, empirical_ntk_fn
 from ._training import accuracy, checkpoints, mse_loss, predicted_curves, relative_change, relu_network, train
 
-DEFAULTS = {"dataset": "digits", "n_train": 256, "n_test": 256, "widths": (64, 256, 1024, 4096), "depth": 1,
-            "steps": 1000, "learning_rate": None, "seed": 0}
-QUICK = {"n_train": 48, "n_test": 48, "widths": (32, 128, 512), "steps": 200}
+DEFAULTS: dict[str, Any] = {"dataset": "digits", "n_train": 256, "n_test": 256, "widths": (64, 256, 1024, 4096),
+                             "depth": 1, "steps": 1000, "learning_rate": None, "seed": 0}
+QUICK: dict[str, Any] = {"n_train": 48, "n_test": 48, "widths": (32, 512), "steps": 200}
 LR_FRACTION = 0.5
 DIAG_REG = 1e-4
 
