@@ -163,7 +163,8 @@ def summary_lines(metrics: dict) -> list[str]:
                      f"{_fmt(real['test_accuracy'][-1], '9.1%')} {_fmt(pe['test_accuracy'][-1], '11.1%')} "
                      f"{_fmt(e['kernel_change'], '8.4f')} {_fmt(e['init_deviation_from_analytic'], '9.4f')}")
     lines += ["", f"log-log slope of the kernel change ‖Θ_T − Θ_0‖_F/‖Θ_0‖_F vs width: "
-                  f"{_fmt(metrics['kernel_change_slope'], '.3f')} (theory: −1/2)",
+                  f"{_fmt(metrics['kernel_change_slope'], '.3f')} "
+                  "(THEORY.md §4: −1/2 or steeper; Dyer & Gur-Ari 2019: −1)",
               f"log-log slope of ‖Θ̂_0 − Θ‖_F/‖Θ‖_F vs width: {_fmt(metrics['init_deviation_slope'], '.3f')} "
               "(theory: −1/2)",
               f"total time {metrics['seconds']:.1f} s"]
