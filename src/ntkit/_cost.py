@@ -3,14 +3,20 @@
 With `F` the FLOPs of one forward pass per example (summed over the traced program: `2·m·n·k` per matrix
 product and convolution, one per element otherwise), `P` the parameter count, `O` the outputs per example, `E`
 the kernel entries per pair of examples (`O` traced, `O²` full), `N1, N2` the examples (a whole-batch pass costs
-`N·F` when examples may interact, `vmap_axes=None`):
+`N·F` when examples may interact, `vmap_axes=None`), and `S = N1 + N2` (`N1` when `x2` is `None`):
 
-* jacobian: `(N1 + N2)·O` backward passes (`3F` each) plus `2·N1·N2·E·P` to contract; memory `(N1 + N2)·O·P`.
-* ntvp: per column, a vjp on one `x2` example and a jvp over all of `x1`: `N2·O·(3F + 3·N1·F)`; memory `O·P`.
-* structured: the same backward passes, plus for every dense/convolutional weight the einsum cost that
-  `opt_einsum` finds for its four-operand contraction, plus `2·N1·N2·E·p` for other parameters `p`; memory
-  `(N1 + N2)·O·(activations + p)`.
+* jacobian: a forward pass and `O` backward passes per example, each backward computing input *and* weight
+  gradients (`2F`): `S·(F + 2·O·F)`, plus `2·N1·N2·E·P` to contract; memory `S·O·P`.
+* ntvp: per column, a vjp on one `x2` example (`3F`) and a jvp over all of `x1` (`3·N1·F`): `N2·O·(3F + 3·N1·F)`;
+  memory `O·P` plus the kernel.
+* structured: a forward pass and `O` backward passes to the activations only (`F`): `S·(F + O·F)`, plus for every
+  dense/convolutional weight the cost `opt_einsum` finds for its four-operand contraction, plus `2·N1·N2·E·p` and
+  `2·S·O·p` for other parameters `p`; memory `S·O·(activations + p)`.
 
+FLOPs are not seconds: the per-example backward passes of the Jacobian method (one tiny weight gradient per
+example and output, under `vmap`) run far below the throughput of the large contractions the structured method
+does instead. `benchmarks/empirical_ntk.py` measured that gap at about 6× on its convolutional case for equal
+FLOP counts; the model charges the Jacobian and NTK-vector-product passes `PASS_PENALTY = 4` times their FLOPs.
 The cheapest method whose memory fits in half of the machine's memory wins; if none fits, the least memory.
 """
 
@@ -25,6 +31,9 @@ import opt_einsum
 
 from ._axes import KernelLayout
 from ._model import Model
+
+# Throughput gap between per-example backward passes and large contractions (see the module docstring).
+PASS_PENALTY = 4.0
 
 
 def _memory_limit_bytes() -> float:
@@ -74,15 +83,15 @@ def estimate_costs(model: Model, layout: KernelLayout, x1, x2, params) -> dict[s
     flops_fwd = forward_flops(prog) / (1 if model.per_example else x1.shape[0])
     pass_cost = flops_fwd if model.per_example else flops_fwd * max(n1, n2)  # one backward/forward pass
 
-    backward = sides * n_out * 3.0 * pass_cost
     costs = {
-        "jacobian": (backward + 2.0 * n1 * n2 * entries * n_params, sides * n_out * n_params * itemsize),
-        "ntvp": (n2 * n_out * (3.0 * pass_cost + 3.0 * n1 * flops_fwd),
+        "jacobian": (PASS_PENALTY * sides * (pass_cost + 2.0 * n_out * pass_cost) + 2.0 * n1 * n2 * entries * n_params,
+                     sides * n_out * n_params * itemsize),
+        "ntvp": (PASS_PENALTY * n2 * n_out * (3.0 * pass_cost + 3.0 * n1 * flops_fwd),
                  (n_out * n_params + n1 * n2 * n_out * n_out) * itemsize),
     }
     plan = make_plan(prog, len(leaves))
     if plan is not None:
-        flops, activations, generic = backward, 0.0, 0.0
+        flops, activations, generic = sides * (pass_cost + n_out * pass_cost), 0.0, 0.0
         for p, kind in enumerate(plan.kinds):
             if kind in ("dot", "conv"):
                 ((k, (pos,)),) = plan.consumers[p]
