@@ -4,6 +4,7 @@ Each layer unpacks as `init_fn, apply_fn, kernel_fn`, as in neural-tangents' `st
 build the finite network, `kernel_fn` its infinite-width kernels (THEORY.md §2).
 """
 
+from ._attention import GlobalSelfAttention as GlobalSelfAttention
 from ._combinators import FanInConcat as FanInConcat
 from ._combinators import FanInProd as FanInProd
 from ._combinators import FanInSum as FanInSum

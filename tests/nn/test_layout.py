@@ -1,0 +1,152 @@
+"""Layouts, tiling, parameterizations, protocol and errors of `ntkit.nn`."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntkit
+import ntkit.nn as stax
+from ntkit.nn._kernel import input_state
+from tests.tolerance import assert_close
+
+
+def _images(dtype, shape=(3, 6, 5, 2), seed=0):
+    return jax.random.normal(jax.random.key(seed), shape, dtype)
+
+
+def _conv_body():
+    return stax.serial(stax.Conv(8, (3, 3), padding="SAME", b_std=0.1), stax.Relu(),
+                       stax.Conv(8, (2, 3), strides=(2, 1), padding="CIRCULAR", W_std=1.3), stax.Erf(),
+                       stax.Conv(8, (2, 2), padding="VALID"), stax.Relu())
+
+
+def test_diagonal_and_full_layouts_agree(dtype):
+    """A Flatten network carries diagonal covariances; forcing the full layout gives the same kernel."""
+    net = stax.serial(_conv_body(), stax.Flatten(), stax.Dense(1, b_std=0.1))
+    assert not net.needs_full(True)
+    x1, x2 = _images(dtype), _images(dtype, (2, 6, 5, 2), seed=1)
+    diag = net.transform(input_state(x1, x2, diagonal_spatial=True, compute_ntk=True))
+    full = net.transform(input_state(x1, x2, diagonal_spatial=False, compute_ntk=True))
+    assert diag.diagonal_spatial and not full.diagonal_spatial
+    assert_close(diag.nngp, full.nngp, dtype, scale=10)
+    assert_close(diag.ntk, full.ntk, dtype, scale=10)
+    assert_close(net.kernel(x1, x2, "ntk"), full.ntk, dtype, scale=10)
+
+
+def test_full_layout_diagonal_matches_diagonal_layout(dtype):
+    body = _conv_body()
+    x = _images(dtype)
+    diag = body.transform(input_state(x, None, True, True))
+    full = body.kernel(x, None, None)
+    assert full.nngp.shape == (3, 3, 3, 3, 3, 3)
+    from ntkit.nn._kernel import spatial_diagonal
+    assert_close(spatial_diagonal(full.nngp, 2, 2), diag.nngp, dtype, scale=10)
+    assert_close(spatial_diagonal(full.cov1, 1, 2), diag.cov1, dtype, scale=10)
+
+
+def test_layout_decision():
+    assert stax.serial(stax.Conv(1, (3, 3)), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1)).needs_full(True)
+    assert stax.serial(stax.Conv(1, (3, 3)), stax.AvgPool((2, 2)), stax.Flatten()).needs_full(True)
+    assert not stax.serial(stax.Conv(1, (3, 3)), stax.Relu(), stax.Flatten(), stax.Dense(1)).needs_full(True)
+
+
+@pytest.mark.parametrize("with_x2", [False, True])
+def test_tiled_equals_untiled(with_x2, dtype):
+    net = stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.AvgPool((2, 2), (2, 2)),
+                      stax.Dropout(0.2), stax.Conv(4, (2, 2)), stax.Relu())
+    x1 = _images(dtype, (7, 6, 5, 2))
+    x2 = _images(dtype, (5, 6, 5, 2), seed=3) if with_x2 else None
+    whole = net.kernel(x1, x2, ("nngp", "ntk"))
+    tiled = net.kernel(x1, x2, ("nngp", "ntk"), batch_size=3)
+    assert whole.nngp.shape == (7, 7 if x2 is None else 5, 2, 2, 1, 1)
+    assert_close(tiled.nngp, whole.nngp, dtype, scale=10)
+    assert_close(tiled.ntk, whole.ntk, dtype, scale=10)
+
+
+def test_symmetric_when_x2_is_none(dtype):
+    net = stax.serial(stax.Dense(8, b_std=0.1), stax.Gelu(), stax.Dense(1))
+    x = _images(dtype, (5, 4))
+    k = net.kernel(x, None, ("nngp", "ntk"))
+    assert_close(k.nngp, k.nngp.T, dtype)
+    assert_close(net.kernel(x, x, "ntk"), k.ntk, dtype, scale=10)
+
+
+def test_input_kernel_is_mean_over_channels(dtype):
+    x1, x2 = _images(dtype), _images(dtype, (2, 6, 5, 2), seed=1)
+    k = stax.Identity().kernel(x1, x2, "nngp")
+    assert_close(k, jnp.einsum("ahwc,bHWc->ahHwW", x1, x2) / 2, dtype)
+
+
+def test_matches_empirical_layout_for_spatial_outputs(dtype):
+    """A linear conv net's NNGP is exact at any width: compare with the empirical kernel of one wide network."""
+    net = stax.serial(stax.Conv(2048, (3, 3), padding="SAME"), stax.AvgPool((2, 2), (1, 1)))
+    init_fn, apply_fn, kernel_fn = net
+    x = _images(dtype, (2, 4, 4, 2))
+    _, params = init_fn(jax.random.key(0), x.shape)
+    empirical = ntkit.empirical_kernel_fn(apply_fn)(x, None, "nngp", params)
+    analytic = kernel_fn(x, None, "nngp")
+    assert analytic.shape == empirical.shape == (2, 2, 3, 3, 3, 3)
+    assert float(np.linalg.norm(empirical - analytic) / np.linalg.norm(analytic)) < 0.1
+
+
+def test_unpacks_as_stax_triple_and_kernel_state_is_pytree(dtype):
+    init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(3), stax.Relu(), stax.Dense(2))
+    out_shape, params = init_fn(jax.random.key(0), (4, 5))
+    x = _images(dtype, (4, 5))
+    assert out_shape == (4, 2) and apply_fn(params, x).shape == (4, 2)
+    state = kernel_fn(x)
+    assert isinstance(state, stax.KernelState) and state.shape1 == (4, 2)
+    leaves = jax.tree_util.tree_leaves(state)
+    assert len(leaves) == 3  # nngp, ntk, cov1 (cov2 is None when x2 is None)
+    doubled = jax.tree_util.tree_map(lambda a: 2 * a, state)
+    assert_close(doubled.nngp, 2 * state.nngp, dtype)
+    assert state.replace(is_gaussian=True).is_gaussian
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.nngp = None
+    # Continue from a state: Dense then Relu equals the composed network.
+    first = stax.Dense(3).kernel(x, None, None)
+    assert_close(stax.serial(stax.Relu(), stax.Dense(2)).kernel(first, None, "ntk"), kernel_fn(x, None, "ntk"),
+                 dtype)
+    k = kernel_fn(x, None, ("ntk",))
+    assert isinstance(k, ntkit.Kernel) and k.nngp is None
+
+
+def test_kernel_is_jittable_and_differentiable(dtype):
+    net = stax.serial(stax.Dense(4, b_std=0.1), stax.Erf(), stax.Dense(1))
+    x = _images(dtype, (3, 2))
+    f = jax.jit(lambda x: net.kernel(x, None, "ntk"))
+    assert_close(f(x), net.kernel(x, None, "ntk"), dtype)
+    g = jax.grad(lambda x: jnp.sum(net.kernel(x, None, "nngp")))(x)
+    assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_errors(dtype):
+    x = _images(dtype)
+    with pytest.raises(ValueError, match="padding"):
+        stax.Conv(1, (3, 3), padding="REFLECT")
+    with pytest.raises(ValueError, match="parameterization"):
+        stax.Dense(1, parameterization="mup")
+    with pytest.raises(ValueError, match="window_shape"):
+        stax.serial(stax.Conv(2, (3, 3)), stax.AvgPool((7, 7))).kernel(x, None, "nngp")
+    with pytest.raises(ValueError, match="window_shape"):
+        stax.AvgPool((7, 2)).init(None, x.shape)
+    with pytest.raises(ValueError, match="filter_shape"):
+        stax.Conv(2, (3,)).kernel(x, None, "nngp")
+    with pytest.raises(ValueError, match="layer 2"):
+        stax.serial(stax.Conv(2, (3, 3)), stax.Flatten(), stax.Conv(2, (3, 3))).init(jax.random.key(0), x.shape)
+    with pytest.raises(ValueError, match="branch shapes"):
+        stax.serial(stax.FanOut(2), stax.parallel(stax.Dense(2), stax.Dense(3)), stax.FanInSum()).kernel(
+            x, None, "nngp")
+    with pytest.raises(ValueError, match="get"):
+        stax.Dense(1).kernel(x, None, "cov")
+    with pytest.raises(ValueError, match="batch_size"):
+        stax.Dense(1).kernel(x, None, "nngp", batch_size=0)
+    with pytest.raises(ValueError, match="rng"):
+        stax.Dropout(0.5).apply((), x)
+    with pytest.raises(ValueError, match="LayerNorm"):
+        stax.serial(stax.Dense(2), stax.Relu(), stax.LayerNorm()).kernel(x, None, "nngp")
+    with pytest.raises(ValueError, match="degree"):
+        stax.RectifiedMonomial(3)
