@@ -175,3 +175,14 @@ def test_elementwise_on_inputs_raises(dtype):
     with pytest.raises(ValueError, match="Gaussian input"):
         stax.serial(stax.Dense(4), stax.Relu(), stax.Elementwise(jnp.tanh)).kernel(_inputs(dtype), None, "nngp")
     assert math.isfinite(float(stax.serial(stax.Dense(4), stax.Relu()).kernel(_inputs(dtype), None, "nngp")[0, 0]))
+
+
+def test_global_self_attention_vs_monte_carlo(dtype):
+    """Attention over 5 positions, 2 heads, 128 key/value/out channels, 32 networks; 1/n_k logit scaling."""
+    net = stax.serial(stax.Conv(128, (2,), padding="SAME"),
+                      stax.GlobalSelfAttention(128, 128, 128, 2, W_out_std=1.2, b_std=0.1), stax.Relu(),
+                      stax.GlobalAvgPool(), stax.Dense(128))
+    check_mc(net, _inputs(dtype, (3, 5, 3)), N_SAMPLES, 0.1)
+    with pytest.raises(NotImplementedError, match="linear_scaling"):
+        stax.serial(stax.Conv(4, (2,)), stax.GlobalSelfAttention(4, 4, 4, 1, linear_scaling=False)).kernel(
+            _inputs(dtype, (3, 5, 3)), None, "nngp")
