@@ -67,7 +67,7 @@ def test_tiled_equals_untiled(with_x2, dtype):
 
 
 def test_symmetric_when_x2_is_none(dtype):
-    net = stax.serial(stax.Dense(8, b_std=0.1), stax.Gelu(), stax.Dense(1))
+    net = stax.serial(stax.Dense(8, b_std=0.1), stax.Erf(), stax.Dense(1))
     x = _images(dtype, (5, 4))
     k = net.kernel(x, None, ("nngp", "ntk"))
     assert_close(k.nngp, k.nngp.T, dtype)

@@ -106,6 +106,7 @@ CONV_NETS = {
 }
 
 
+@pytest.mark.slow
 def test_conv_spatial_output_vs_monte_carlo(dtype):
     """No readout: the full `(N1, N2, H, H', W, W')` kernel, 4x4x2 images, 64 channels, 32 networks."""
     net = stax.serial(stax.Conv(64, (3, 3), padding="SAME"), stax.Relu(), stax.Conv(64, (3, 3), padding="SAME"))
@@ -118,7 +119,7 @@ def test_conv_vs_monte_carlo(name, dtype):
     check_mc(CONV_NETS[name](64), _inputs(dtype, (3, 6, 5, 3)), N_SAMPLES, 0.1)
 
 
-@pytest.mark.parametrize("dims", [1, 3])
+@pytest.mark.parametrize("dims", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_conv_1d_3d_vs_monte_carlo(dims, dtype):
     """1-D (7x2 inputs) and 3-D (3x3x2x2) convolutions, 64 channels, 32 networks."""
     shape = (3, 7, 2) if dims == 1 else (2, 3, 3, 2, 2)
