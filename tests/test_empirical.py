@@ -162,3 +162,18 @@ def test_ntk_vector_product(dtype):
     assert_close(result, jnp.einsum("icjd,jd->ic", full, v), scale=10)
     with pytest.raises(ValueError, match="`v` must have the shape"):
         ntkit.empirical_ntk_vp_fn(f, x1, x2, params)(v[:1])
+
+
+def test_auto_with_required_keyword_arguments(dtype):
+    """The cost model traces the model with its keyword arguments (e.g. a dropout key it cannot run without)."""
+    f0, params, x1, x2 = MODELS["mlp"](dtype)
+
+    def f(p, x, rng):
+        keep = jax.random.bernoulli(rng, 0.9, (x.shape[-1],))
+        return f0(p, jnp.where(keep, x, jnp.zeros((), x.dtype)))
+
+    rng = jax.random.key(3)
+    ntk_fn = ntkit.empirical_ntk_fn(f, vmap_axes=0)
+    assert ntk_fn.implementation_for(x1, x2, params, rng=rng) in ("jacobian", "ntvp", "structured")
+    ref = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation="jacobian")(x1, x2, params, rng=rng)
+    assert_close(ntk_fn(x1, x2, params, rng=rng), ref, scale=10)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 
-import jax
 import numpy as np
 import opt_einsum
 
@@ -62,11 +61,11 @@ def forward_flops(prog) -> float:
     return total
 
 
-def estimate_costs(model: Model, layout: KernelLayout, x1, x2, params) -> dict[str, tuple[float, float]]:
+def estimate_costs(model: Model, layout: KernelLayout, x1, x2, params, kwargs=None) -> dict[str, tuple[float, float]]:
     """`{implementation: (flops, bytes)}` for the given shapes."""
-    from ._structured import _conv_spec, _dot_spec, make_plan, trace_program
+    from ._structured import _conv_spec, _dot_spec, example_shape, make_plan, model_program
 
-    leaves, treedef = jax.tree_util.tree_flatten(params)
+    prog, leaves, _ = model_program(model, params, kwargs or {}, example_shape(model, x1), x1.dtype)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     sides = n1 if x2 is None else n1 + n2
@@ -75,11 +74,6 @@ def estimate_costs(model: Model, layout: KernelLayout, x1, x2, params) -> dict[s
     n_out = layout.out_size
     entries = layout.pairs_per_example_pair()
 
-    def flat_f(*args):
-        return model.f(jax.tree_util.tree_unflatten(treedef, args[:-1]), args[-1])
-
-    shape = (1,) + x1.shape[1:] if model.per_example else x1.shape
-    prog = trace_program(flat_f, *leaves, jax.ShapeDtypeStruct(shape, x1.dtype))
     flops_fwd = forward_flops(prog) / (1 if model.per_example else x1.shape[0])
     pass_cost = flops_fwd if model.per_example else flops_fwd * max(n1, n2)  # one backward/forward pass
 
@@ -123,15 +117,7 @@ def estimate_costs(model: Model, layout: KernelLayout, x1, x2, params) -> dict[s
 
 
 def choose_implementation(model: Model, layout: KernelLayout, x1, x2, params, kwargs) -> str:
-    if kwargs:
-        # Keyword arguments can change the traced program; estimate without them is still a fair guide, but
-        # models that need them to trace are left to the method that is never the slowest by far.
-        try:
-            costs = estimate_costs(model, layout, x1, x2, params)
-        except TypeError:
-            return "structured"
-    else:
-        costs = estimate_costs(model, layout, x1, x2, params)
+    costs = estimate_costs(model, layout, x1, x2, params, kwargs)
     limit = _memory_limit_bytes()
     fitting = {k: v for k, v in costs.items() if v[1] <= limit}
     if fitting:

@@ -299,7 +299,12 @@ def _generic_jacobian(prog, plan, p, leaves, rec, g, per_example, n_lead):
     return fn(rec_c, g_c)
 
 
-def structured_kernel(model: Model, layout: KernelLayout, x1, x2, params, kwargs, fallback):
+def model_program(model: Model, params, kwargs, x_shape, x_dtype):
+    """The flat program of `f(params, x, **kwargs)` with inputs `[*param leaves, x, *array kwargs]`.
+
+    `x_shape` is that of one example with its batch axis of 1 when examples are independent, else the batch's.
+    Returns `(program, param leaves, array kwarg leaves)`.
+    """
     leaves, treedef = jax.tree_util.tree_flatten(params)
     all_kw_leaves, kw_tree = jax.tree_util.tree_flatten(kwargs)
     is_array = [isinstance(leaf, jax.Array) for leaf in all_kw_leaves]
@@ -313,13 +318,22 @@ def structured_kernel(model: Model, layout: KernelLayout, x1, x2, params, kwargs
             kw_tree, [next(arrays) if a else leaf for leaf, a in zip(all_kw_leaves, is_array, strict=True)])
         return model.batch(p, args[n_params], kw)
 
-    def program_for(x):
-        shape = (1,) + x.shape[1:] if model.per_example else x.shape
-        return trace_program(flat_f, *leaves, jax.ShapeDtypeStruct(shape, x.dtype), *kw_leaves)
+    prog = trace_program(flat_f, *leaves, jax.ShapeDtypeStruct(x_shape, x_dtype), *kw_leaves)
+    return prog, leaves, kw_leaves
 
-    prog1 = program_for(x1)
+
+def example_shape(model: Model, x) -> tuple[int, ...]:
+    return (1,) + x.shape[1:] if model.per_example else x.shape
+
+
+def structured_kernel(model: Model, layout: KernelLayout, x1, x2, params, kwargs, fallback):
+    def program_for(x):
+        return model_program(model, params, kwargs, example_shape(model, x), x.dtype)
+
+    prog1, leaves, kw_leaves = program_for(x1)
+    n_params = len(leaves)
     plan = make_plan(prog1, n_params)
-    prog2 = prog1 if (x2 is None or model.per_example) else program_for(x2)
+    prog2 = prog1 if (x2 is None or model.per_example) else program_for(x2)[0]
     if plan is None or [o.name for o in prog2.ops] != [o.name for o in prog1.ops]:
         return fallback(model, layout, x1, x2, params, kwargs)
 
