@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _special
 from ._core import Layer
 from ._dense import check_state
 from ._kernel import cross_variances, diagonal_variances, self_variances
@@ -135,7 +136,7 @@ def _angle(cov12, var1, var2):
     norm = jnp.sqrt(var1 * var2)
     cos = jnp.clip(cov12 / jnp.where(norm > 0, norm, 1), -1, 1)
     sin = jnp.sqrt(jnp.maximum(1 - cos * cos, 0))
-    return norm, cos, sin, jnp.arccos(cos)
+    return norm, cos, sin, _special.arccos(cos)
 
 
 def _abrelu(x, a, b):
@@ -214,7 +215,7 @@ def _erf(x, a, b, c):
 
 def _erf_nngp(cov12, var1, var2, a, b, c):
     den = jnp.sqrt((1 + 2 * b * b * var1) * (1 + 2 * b * b * var2))
-    return a * a * (2 / math.pi) * jnp.arcsin(jnp.clip(2 * b * b * cov12 / den, -1, 1)) + c * c
+    return a * a * (2 / math.pi) * _special.arcsin(jnp.clip(2 * b * b * cov12 / den, -1, 1)) + c * c
 
 
 def _erf_d_nngp(cov12, var1, var2, a, b, c):
@@ -239,7 +240,7 @@ def _sign(x):
 
 def _sign_nngp(cov12, var1, var2):
     norm, cos, _, _ = _angle(cov12, var1, var2)
-    return (2 / math.pi) * jnp.arcsin(cos)
+    return (2 / math.pi) * _special.arcsin(cos)
 
 
 def _zero_d_nngp(cov12, var1, var2, *args):
