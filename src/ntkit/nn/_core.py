@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._empirical import Kernel
+from .._empirical import Kernel, _chunks, _split_kwargs
 from ._kernel import KernelState, input_state
 
 _GETS = ("nngp", "ntk")
@@ -104,17 +104,6 @@ def _check_input(x, name: str):
     return x
 
 
-def _split_kwargs(kwargs: dict) -> tuple[dict, tuple]:
-    dynamic, static = {}, []
-    for key, value in kwargs.items():
-        leaves = jax.tree_util.tree_leaves(value)
-        if leaves and all(isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves):
-            dynamic[key] = value
-        else:
-            static.append((key, value))
-    return dynamic, tuple(sorted(static, key=lambda kv: kv[0]))
-
-
 def _inputs(x1, x2, diagonal_spatial, compute_ntk):
     if isinstance(x1, list):
         x2s = [None] * len(x1) if x2 is None else x2
@@ -181,10 +170,6 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
     if gets is None or isinstance(x1, list):
         raise ValueError("`batch_size` needs `get` set ('nngp', 'ntk' or a tuple) and a single input array.")
     return _select(_tiled(run, x1, x2, batch_size, gets), gets, single)
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _mirror(block: np.ndarray) -> np.ndarray:
