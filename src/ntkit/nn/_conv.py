@@ -57,12 +57,17 @@ class Conv(Layer):
             raise ValueError(f"`strides` {strides} and `filter_shape` {self.filter_shape} differ in length.")
         object.__setattr__(self, "strides", strides)
 
+    @property
+    def _strides(self) -> tuple[int, ...]:
+        assert self.strides is not None  # set in __post_init__
+        return self.strides
+
     def _check_spatial(self, shape) -> tuple[int, ...]:
         if len(shape) != len(self.filter_shape) + 2:
             raise ValueError(f"Conv with `filter_shape` {self.filter_shape} needs inputs (N, *{len(self.filter_shape)} "
                              f"spatial axes, C), got shape {tuple(shape)}.")
         return tuple(out_size(n, k, s, self.padding, "`filter_shape`")
-                     for n, k, s in zip(shape[1:-1], self.filter_shape, self.strides, strict=True))
+                     for n, k, s in zip(shape[1:-1], self.filter_shape, self._strides, strict=True))
 
     def init(self, key, input_shape):
         input_shape = tuple(input_shape)
@@ -77,7 +82,7 @@ class Conv(Layer):
         w, b = params
         self._check_spatial(x.shape)
         sp = _SPATIAL[len(self.filter_shape)]
-        padding = [pads(n, k, s, self.padding) for n, k, s in zip(x.shape[1:-1], self.filter_shape, self.strides,
+        padding = [pads(n, k, s, self.padding) for n, k, s in zip(x.shape[1:-1], self.filter_shape, self._strides,
                                                                     strict=True)]
         if self.padding == "CIRCULAR":
             x = jnp.pad(x, [(0, 0)] + padding + [(0, 0)], mode="wrap")
@@ -95,7 +100,7 @@ class Conv(Layer):
         in_spatial = k.shape1[1:-1]
 
         def linear(a, n_batch):
-            for d, (n, f, s) in enumerate(zip(in_spatial, self.filter_shape, self.strides, strict=True)):
+            for d, (n, f, s) in enumerate(zip(in_spatial, self.filter_shape, self._strides, strict=True)):
                 axes = (n_batch + d,) if k.diagonal_spatial else (n_batch + 2 * d, n_batch + 2 * d + 1)
                 a = window_sum(a, axes, f, s, n, self.padding)
             return a / q

@@ -77,7 +77,7 @@ def _parse_get(get) -> tuple[tuple[str, ...] | None, bool]:
 
 
 def _select(out, gets, single):
-    if isinstance(out, list | tuple):
+    if isinstance(out, list | tuple) and not isinstance(out, Kernel):
         return [_select(o, gets, single) for o in out]
     if gets is None:
         return out
@@ -201,6 +201,5 @@ def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str]):
             outs[g][r, c] = block
             if x2 is None and i != j:
                 outs[g][c, r] = _mirror(block)
-    return KernelState(nngp=jnp.asarray(outs["nngp"]) if "nngp" in outs else None,
-                       ntk=jnp.asarray(outs["ntk"]) if "ntk" in outs else None,
-                       cov1=None, cov2=None, shape1=(), shape2=(), diagonal_spatial=False)
+    # Tiles carry kernels only (per-example covariances are not assembled), hence a `Kernel`, not a state.
+    return Kernel(**{g: jnp.asarray(outs[g]) if g in outs else None for g in _GETS})

@@ -39,13 +39,14 @@ def affine_kernel(k: KernelState, linear: Callable, W_std: float, b_std: float |
     nngp = W_std ** 2 * lin.nngp + bias_var
     ntk = None
     if k.ntk is not None:
+        assert lin.ntk is not None  # `map` keeps the NTK when there is one
         if parameterization == "ntk":
             ntk = nngp + W_std ** 2 * lin.ntk
         else:
             ntk = fan_in * lin.nngp + (0.0 if b_std is None else 1.0) + W_std ** 2 * lin.ntk
     return k.replace(
         nngp=nngp, ntk=ntk, cov1=W_std ** 2 * lin.cov1 + bias_var,
-        cov2=None if k.cov2 is None else W_std ** 2 * lin.cov2 + bias_var,
+        cov2=None if lin.cov2 is None else W_std ** 2 * lin.cov2 + bias_var,
         shape1=shape1, shape2=shape2, is_gaussian=True, is_input=False)
 
 

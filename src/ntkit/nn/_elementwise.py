@@ -41,9 +41,9 @@ def gauss_hermite_2d(g: Callable, h: Callable, cov12, var1, var2, degree: int):
     """
     cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
     dtype = cov12.dtype
-    x, w = np.polynomial.hermite.hermgauss(degree)
-    z = jnp.asarray(x * np.sqrt(2.0), dtype)
-    w = jnp.asarray(w / np.sqrt(np.pi), dtype)
+    nodes, weights = np.polynomial.hermite.hermgauss(degree)
+    z = jnp.asarray(nodes * np.sqrt(2.0), dtype)
+    w = jnp.asarray(weights / np.sqrt(np.pi), dtype)
     s1 = jnp.sqrt(jnp.maximum(var1, 0))
     pos = s1 > 0
     a = jnp.where(pos, cov12 / jnp.where(pos, s1, 1), 0)

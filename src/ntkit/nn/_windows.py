@@ -43,11 +43,11 @@ def window_sum(x: jax.Array, axes: tuple[int, ...], k: int, s: int, n: int, padd
             widths[a] = (lo, hi)
         x = jnp.pad(x, widths, mode="wrap" if padding == "CIRCULAR" else "constant")
     m = (n + lo + hi - k) // s + 1
-    total = None
+    total = jnp.zeros((), x.dtype)
     for j in range(k):
         index = [slice(None)] * x.ndim
         for a in axes:
             index[a] = slice(j, j + s * (m - 1) + 1, s)
         part = x[tuple(index)]
-        total = part if total is None else total + part
+        total = total + part
     return total
