@@ -149,4 +149,4 @@ def test_errors(dtype):
     with pytest.raises(ValueError, match="LayerNorm"):
         stax.serial(stax.Dense(2), stax.Relu(), stax.LayerNorm()).kernel(x, None, "nngp")
     with pytest.raises(ValueError, match="degree"):
-        stax.RectifiedMonomial(3)
+        stax.RectifiedMonomial(-1)

@@ -109,7 +109,24 @@ def test_step_function_is_orthant_probability(dtype):
     assert_close(stax.RectifiedMonomial(0)._nngp(c, v1, v2), expected, dtype, scale=10)
 
 
-@pytest.mark.parametrize("degree", [1, 2])
+@pytest.mark.parametrize("degree", [0, 1, 2, 3, 4, 5])
+def test_rectified_monomial_exact_values(degree, dtype):
+    """At θ = 0, `E[relu(u)^{2n}] = σ^{2n} (2n−1)!!/2`; at θ = π/2 (independent), `(E[relu(u)^n])²` with
+    `E[relu(u)^n] = σⁿ (n−1)!!/2 · (√(2/π) for odd n)`: moments of the half-normal, independent of `J_n`."""
+    var = 1.7
+    layer = stax.RectifiedMonomial(degree)
+    v = jnp.asarray([var, var], dtype)
+    c = jnp.asarray([var, 0.0], dtype)  # θ = 0, θ = π/2
+
+    def double_factorial(k):
+        return math.prod(range(k, 0, -2)) if k > 0 else 1
+
+    same = var ** degree * double_factorial(2 * degree - 1) / 2
+    half_moment = var ** (degree / 2) * double_factorial(degree - 1) / 2 * (math.sqrt(2 / math.pi) if degree % 2 else 1)
+    assert_close(layer._nngp(c, v, v), np.array([same, half_moment ** 2]), dtype, scale=10)
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3])
 def test_rectified_monomial_matches_quadrature(degree, dtype):
     c, v1, v2 = _covariances(dtype)
     layer = stax.RectifiedMonomial(degree)

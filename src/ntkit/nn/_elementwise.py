@@ -174,14 +174,33 @@ def Abs() -> Elementwise:
     return ABRelu(-1.0, 1.0)
 
 
+def _rect_j_polynomials(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients of `P_n`, `Q_n` with `J_n(θ) = P_n(cos θ)(π − θ) + Q_n(cos θ) sin θ`.
+
+    Cho & Saul define `J_n = (−1)ⁿ sin^{2n+1}θ (sin⁻¹θ ∂_θ)ⁿ ((π − θ)/sin θ)`; with `c = cos θ`, `s = sin θ` the
+    operator is `−∂_c`, and `∂_cⁿ ((π − θ)/s) = (P_n (π − θ) + Q_n s)/s^{2n+1}`. Differentiating once more gives
+    `P_{n+1} = (1 − c²) P_n' + (2n + 1) c P_n`, `Q_{n+1} = P_n + (1 − c²) Q_n' + 2n c Q_n` from `P_0 = 1, Q_0 = 0`
+    (so `J_1 = sin θ + (π − θ) cos θ`, `J_2 = 3 sin θ cos θ + (π − θ)(1 + 2cos²θ)`).
+    """
+    P = np.polynomial.Polynomial
+    p, q = P([1.0]), P([0.0])
+    one_minus_c2, c = P([1.0, 0.0, -1.0]), P([0.0, 1.0])
+    for k in range(n):
+        p, q = one_minus_c2 * p.deriv() + (2 * k + 1) * c * p, p + one_minus_c2 * q.deriv() + 2 * k * c * q
+    return p.coef, q.coef
+
+
+def _polyval(coefs, x):
+    out = jnp.zeros_like(x)
+    for a in coefs[::-1]:
+        out = out * x + float(a)
+    return out
+
+
 def _rect_j(n: int, cos, sin, theta):
-    """Cho & Saul's `J_n(θ)` for `n = 0, 1, 2`."""
-    rest = math.pi - theta
-    if n == 0:
-        return rest
-    if n == 1:
-        return sin + rest * cos
-    return 3 * sin * cos + rest * (1 + 2 * cos * cos)
+    """Cho & Saul's `J_n(θ)` for any degree `n ≥ 0`."""
+    p, q = _rect_j_polynomials(n)
+    return _polyval(p, cos) * (math.pi - theta) + _polyval(q, cos) * sin
 
 
 def _rect_monomial(x, n):
@@ -201,9 +220,9 @@ def _rect_monomial_d_nngp(cov12, var1, var2, n):
 
 
 def RectifiedMonomial(degree: int) -> Elementwise:
-    """`max(x, 0)^n`, the arc-cosine kernel `‖·‖ⁿ J_n(θ)/(2π)` of degree `n ∈ {0, 1, 2}` (Cho & Saul 2009)."""
-    if degree not in (0, 1, 2):
-        raise ValueError(f"`degree` of RectifiedMonomial must be 0, 1 or 2, got {degree!r}.")
+    """`max(x, 0)^n`, the arc-cosine kernel `‖·‖ⁿ J_n(θ)/(2π)` of any degree `n ≥ 0` (Cho & Saul 2009)."""
+    if not isinstance(degree, int) or isinstance(degree, bool) or degree < 0:
+        raise ValueError(f"`degree` of RectifiedMonomial must be a non-negative integer, got {degree!r}.")
     return _closed("RectifiedMonomial", _rect_monomial, _rect_monomial_nngp, _rect_monomial_d_nngp, int(degree))
 
 
