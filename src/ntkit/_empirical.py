@@ -176,7 +176,6 @@ class _EmpiricalKernelFn:
         n1 = x1.shape[0]
         n2 = n1 if x2 is None else x2.shape[0]
         shape = layout.kernel_shape(n1, n2)
-        dtype = jax.eval_shape(lambda: jnp.zeros((), x1.dtype) * 1.0).dtype
         outs = [None] * n_out
         perm = layout.mirror_permutation()
         if layout.batch_diagonal:
@@ -192,7 +191,7 @@ class _EmpiricalKernelFn:
                 res = block(x1[r], (x1 if x2 is None else x2)[c])
             for k, val in enumerate(res):
                 if outs[k] is None:
-                    outs[k] = np.empty(shape, dtype=val.dtype if val is not None else dtype)
+                    outs[k] = np.empty(shape, dtype=val.dtype)
                 val = np.asarray(val)
                 if layout.batch_diagonal:
                     outs[k][r] = val

@@ -147,6 +147,16 @@ class Layout:
         q = len(lead)
         return jnp.transpose(x, (*range(q), *(q + i for i in np.argsort(order))))
 
+    def test_inputs(self, k_test_train, fx_test_0, n: int, dtype):
+        """`(Θ(x, X) as a matrix, f₀(x) of shape (N_test, ...), N_test)` from the test arguments of a predict_fn."""
+        k_test_train = as_array(k_test_train, "k_test_train")
+        if k_test_train.ndim < 1:
+            raise ValueError("`k_test_train` must have shape (N_test, N, ...), got a scalar.")
+        n_test = k_test_train.shape[0]
+        kxt = self.kernel_matrix(self.check_kernel(k_test_train, n_test, n, "k_test_train", dtype))
+        g0 = self.check_outputs(0.0 if fx_test_0 is None else fx_test_0, n_test, "fx_test_0", dtype)
+        return kxt, g0, n_test
+
 
 def check_symmetric(k, name: str) -> jax.Array:
     """Symmetrizes a square matrix after checking it is symmetric up to rounding (`√eps` of its largest entry)."""

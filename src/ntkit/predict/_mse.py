@@ -89,12 +89,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
         resid = layout.to_matrix(f0) - y_mat  # (N·M, R)
         want_test = k_test_train is not None
         if want_test:
-            k_test_train = as_array(k_test_train, "k_test_train")
-            if k_test_train.ndim < 1:
-                raise ValueError("`k_test_train` must have shape (N_test, N, ...), got a scalar.")
-            n_test = k_test_train.shape[0]
-            kxt = layout.kernel_matrix(layout.check_kernel(k_test_train, n_test, n, "k_test_train", dtype))
-            g0 = layout.check_outputs(0.0 if fx_test_0 is None else fx_test_0, n_test, "fx_test_0", dtype)
+            kxt, g0, n_test = layout.test_inputs(k_test_train, fx_test_0, n, dtype)
 
         if t is None:
             fac.cho  # noqa: B018  (factorizes once; a singular kernel has no infinite-time limit equal to Y)

@@ -140,12 +140,7 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate: float = 1.0, m
         k_td = jnp.zeros((0, n * layout.m), dtype)
         want_test = k_test_train is not None
         if want_test:
-            k_test_train = as_array(k_test_train, "k_test_train")
-            if k_test_train.ndim < 1:
-                raise ValueError("`k_test_train` must have shape (N_test, N, ...), got a scalar.")
-            n_test = k_test_train.shape[0]
-            k_td = layout.kernel_matrix(layout.check_kernel(k_test_train, n_test, n, "k_test_train", dtype))
-            g0 = layout.check_outputs(0.0 if fx_test_0 is None else fx_test_0, n_test, "fx_test_0", dtype)
+            k_td, g0, n_test = layout.test_inputs(k_test_train, fx_test_0, n, dtype)
             state["fx_test"] = layout.to_matrix(g0)
         if momentum is not None:
             state["qx_train"] = layout.to_matrix(layout.check_outputs(
