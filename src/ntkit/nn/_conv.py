@@ -100,10 +100,9 @@ class Conv(Layer):
         in_spatial = k.shape1[1:-1]
 
         def linear(a, n_batch):
-            for d, (n, f, s) in enumerate(zip(in_spatial, self.filter_shape, self._strides, strict=True)):
-                axes = (n_batch + d,) if k.diagonal_spatial else (n_batch + 2 * d, n_batch + 2 * d + 1)
-                a = window_sum(a, axes, f, s, n, self.padding)
-            return a / q
+            axes = tuple((n_batch + d,) if k.diagonal_spatial else (n_batch + 2 * d, n_batch + 2 * d + 1)
+                         for d in range(len(in_spatial)))
+            return window_sum(a, axes, self.filter_shape, self._strides, in_spatial, self.padding) / q
 
         fan_in = q * k.shape1[-1]
         return affine_kernel(k, linear, self.W_std, self.b_std, self.parameterization, fan_in,

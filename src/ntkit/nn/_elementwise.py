@@ -133,10 +133,14 @@ def _closed(name, fn, nngp_fn, d_nngp_fn, *args) -> Elementwise:
 # ----- ReLU family: arc-cosine kernels (Cho & Saul 2009) -----
 
 def _angle(cov12, var1, var2):
-    norm = jnp.sqrt(var1 * var2)
-    cos = jnp.clip(cov12 / jnp.where(norm > 0, norm, 1), -1, 1)
+    # Square roots and reciprocals per side: the variances are small arrays broadcast against the covariance, and
+    # a square root and a division per covariance entry made ReLU layers ~1.5x slower.
+    s1, s2 = jnp.sqrt(var1), jnp.sqrt(var2)
+    r1 = jnp.where(var1 > 0, 1 / jnp.where(var1 > 0, s1, 1), 0)
+    r2 = jnp.where(var2 > 0, 1 / jnp.where(var2 > 0, s2, 1), 0)
+    cos = jnp.clip(cov12 * r1 * r2, -1, 1)
     sin = jnp.sqrt(jnp.maximum(1 - cos * cos, 0))
-    return norm, cos, sin, _special.arccos(cos)
+    return s1 * s2, cos, sin, _special.arccos(cos)
 
 
 def _abrelu(x, a, b):
@@ -145,12 +149,13 @@ def _abrelu(x, a, b):
 
 def _abrelu_nngp(cov12, var1, var2, a, b):
     norm, cos, sin, theta = _angle(cov12, var1, var2)
-    return a * b * cov12 + (b - a) ** 2 * norm * (sin + (math.pi - theta) * cos) / (2 * math.pi)
+    out = (b - a) ** 2 / (2 * math.pi) * norm * (sin + (math.pi - theta) * cos)
+    return out if a * b == 0 else out + a * b * cov12
 
 
 def _abrelu_d_nngp(cov12, var1, var2, a, b):
     _, _, _, theta = _angle(cov12, var1, var2)
-    return a * b + (b - a) ** 2 * (math.pi - theta) / (2 * math.pi)
+    return a * b + (b - a) ** 2 / (2 * math.pi) * (math.pi - theta)
 
 
 def ABRelu(a: float, b: float) -> Elementwise:

@@ -8,7 +8,8 @@ Chebyshev form with coefficients computed once in float64 by NumPy, evaluated by
 * `|x| ≤ 1/2`:  `asin x = x g(x²)`;
 * `|x| > 1/2`:  `asin |x| = π/2 − 2 s g(s²)` with `s = √((1 − |x|)/2)` (no cancellation near `|x| = 1`).
 
-The degree (18) puts the truncation error below float64 rounding; tests check both dtypes against NumPy.
+The degree follows the dtype: the truncation error is 3e-10 at degree 6 (float32 and narrower) and 2e-15 at
+degree 12 (float64), below each dtype's rounding; tests check both dtypes against NumPy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-_DEGREE = 18
+_DEGREES = {4: 6, 8: 12}  # itemsize -> degree (float16/bfloat16 use the float32 one)
 
 
 def _g(z):
@@ -28,17 +29,19 @@ def _g(z):
 
 
 # g on [0, 1/4] via t = 8z − 1 ∈ [−1, 1].
-_COEFFS = tuple(float(c) for c in np.polynomial.chebyshev.chebinterpolate(lambda t: _g((t + 1.0) / 8.0), _DEGREE))
+_COEFFS = {itemsize: tuple(float(c) for c in np.polynomial.chebyshev.chebinterpolate(
+    lambda t: _g((t + 1.0) / 8.0), degree)) for itemsize, degree in _DEGREES.items()}
 
 
 def _g_poly(z):
+    coeffs = _COEFFS[8 if jnp.dtype(z.dtype).itemsize >= 8 else 4]
     t = 8.0 * z - 1.0
     two_t = 2.0 * t
     b1 = jnp.zeros_like(z)
     b2 = jnp.zeros_like(z)
-    for c in _COEFFS[:0:-1]:
+    for c in coeffs[:0:-1]:
         b1, b2 = two_t * b1 - b2 + c, b1
-    return t * b1 - b2 + _COEFFS[0]
+    return t * b1 - b2 + coeffs[0]
 
 
 def _parts(x):
