@@ -87,7 +87,8 @@ def test_relu_arccos_matches_quadrature(dtype):
     lambda: (stax.Monomial(3), lambda x: x ** 3),
     lambda: (stax.Polynomial([0.5, -1.0, 0.3, 0.2]), lambda x: 0.5 - x + 0.3 * x ** 2 + 0.2 * x ** 3),
     lambda: (stax.Sigmoid_like(), lambda x: 0.5 + 0.5 * jax.scipy.special.erf(x / 2.4020563531719796)),
-], ids=["sin", "cos", "exp", "gaussian", "rbf", "monomial3", "polynomial", "sigmoid_like"])
+    lambda: (stax.Gelu(), lambda x: x * jax.scipy.stats.norm.cdf(x)),
+], ids=["sin", "cos", "exp", "gaussian", "rbf", "monomial3", "polynomial", "sigmoid_like", "gelu"])
 def test_smooth_closed_forms_match_quadrature(make, dtype):
     layer, fn = make()
     c, v1, v2 = _covariances(dtype)
@@ -139,3 +140,12 @@ def test_price_theorem_derivative(dtype):
     c, v1, v2 = _covariances(dtype)
     layer = stax.Elementwise(jax.scipy.special.erf, nngp_fn=stax.Erf()._nngp)
     assert_close(layer._d_nngp(c, v1, v2), stax.Erf()._d_nngp(c, v1, v2), dtype, scale=20)
+
+
+def test_gelu_tanh_approximation_is_close_to_exact(dtype):
+    """The `tanh` GELU is within ~1e-3 of the exact one, so their kernels (quadrature vs closed form) are close."""
+    c, v1, v2 = _covariances(dtype)
+    exact, approx = stax.Gelu(), stax.Gelu(approximate=True)
+    assert approx.nngp_fn is None and exact.nngp_fn is not None
+    np.testing.assert_allclose(approx._nngp(c, v1, v2), exact._nngp(c, v1, v2), atol=3e-3)
+    assert float(jnp.max(jnp.abs(approx._nngp(c, v1, v2) - exact._nngp(c, v1, v2)))) > 1e-6

@@ -351,13 +351,36 @@ def Gaussian(a: float = 1.0, b: float = -1.0) -> Elementwise:
     return _closed("Gaussian", _gaussian, _gaussian_nngp, _gaussian_d_nngp, float(a), float(b))
 
 
-def Gelu(quadrature_degree: int = 25) -> Elementwise:
-    """`x Φ(x)` (exact GELU), kernel by Gauss–Hermite quadrature (smooth, so 25 nodes per axis suffice)."""
-    return Elementwise(fn=_gelu, quadrature_degree=quadrature_degree, name="Gelu")
+def Gelu(approximate: bool = False, quadrature_degree: int = 25) -> Elementwise:
+    """`φ(x) = x Φ(x)` (GELU), with `Φ` the standard normal CDF.
+
+    Exact GELU has a closed form, derived by writing `Φ(u) = P(ξ₁ ≤ u)` with independent `ξ ~ N(0, 1)` and
+    applying Gaussian integration by parts to `E[u v 1{u − ξ₁ ≥ 0} 1{v − ξ₂ ≥ 0}]`: with `a_i = 1 + Σ_ii`,
+    `D = a₁a₂ − Σ₁₂²`,
+    `E[φφ] = Σ₁₂/4 + Σ₁₂ asin(Σ₁₂/√(a₁a₂))/(2π) + (Σ₁₁Σ₂₂ + Σ₁₂²(1 − Σ₁₁Σ₂₂)/(a₁a₂)) / (2π√D)`,
+    and `E[φ'φ']` is its derivative in `Σ₁₂` (Price's theorem). `approximate=True` is the `tanh` form of the finite
+    network (`x/2 (1 + tanh(√(2/π)(x + 0.044715 x³)))`); its kernel is computed by quadrature.
+    """
+    if approximate:
+        return Elementwise(fn=_gelu_tanh, quadrature_degree=quadrature_degree, name="Gelu")
+    return _closed("Gelu", _gelu, _gelu_nngp, None)
 
 
 def _gelu(x):
     return 0.5 * x * (1 + jax.scipy.special.erf(x / math.sqrt(2)))
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + jnp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _gelu_nngp(cov12, var1, var2):
+    a1, a2 = 1 + var1, 1 + var2
+    a12 = a1 * a2
+    det = a12 - cov12 * cov12  # ≥ a₁a₂ − Σ₁₁Σ₂₂ ≥ 1: no singularity anywhere
+    rho = cov12 / jnp.sqrt(a12)
+    quad = var1 * var2 + cov12 * cov12 * (1 - var1 * var2) / a12
+    return cov12 / 4 + cov12 * _special.arcsin(rho) / (2 * math.pi) + quad / (2 * math.pi * jnp.sqrt(det))
 
 
 # ----- polynomials: Isserlis' theorem -----
