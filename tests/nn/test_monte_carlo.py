@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import ntkit.nn as stax
+from ntkit.nn._kernel import input_state
 
 WIDTH = 256
 N_SAMPLES = 32
@@ -187,3 +188,34 @@ def test_global_self_attention_vs_monte_carlo(dtype):
     with pytest.raises(NotImplementedError, match="linear_scaling"):
         stax.serial(stax.Conv(4, (2,)), stax.GlobalSelfAttention(4, 4, 4, 1, linear_scaling=False)).kernel(
             _inputs(dtype, (3, 5, 3)), None, "nngp")
+
+
+def test_identity_attention_vs_monte_carlo(dtype):
+    """`1/√n_k` logits, identity attention: conv width 1024, 32 heads of 8 key/value channels, 32 networks.
+
+    The kernel is cubic in the input covariance, so the layer before is wide (its fluctuations enter cubed). The
+    NTK term carried from the input's NTK (`M' Θ S`, ~14% of the NTK here) is dropped in a wrong variant, which
+    the same bound rejects.
+    """
+    conv = stax.Conv(1024, (2,), padding="SAME", b_std=0.2)
+    attention = stax.GlobalSelfAttention(128, 8, 8, 32, linear_scaling=False, attention_mechanism="IDENTITY",
+                                         W_query_std=1.3, W_key_std=0.9, W_out_std=1.2, b_std=0.1)
+    net = stax.serial(conv, attention, stax.Flatten(), stax.Dense(128))
+    x = _inputs(dtype, (3, 5, 3))
+    analytic, mc = check_mc(net, x, N_SAMPLES, 0.1)
+    assert _rel(mc.ntk, analytic.ntk) < 0.06
+    k = conv.transform(input_state(x, None, diagonal_spatial=False, compute_ntk=True))
+    squares = jnp.mean(k.nngp * k.nngp, (2, 3), keepdims=True)
+    theta_term = (1.2 * 1.3 * 0.9) ** 2 * k.ntk * squares
+    wrong = analytic.ntk - jnp.mean(jnp.diagonal(theta_term, axis1=2, axis2=3), -1)
+    assert _rel(mc.ntk, wrong) > 0.06
+
+
+def test_identity_attention_with_linear_scaling_vanishes(dtype):
+    """With `1/n_k` logits the identity attention output tends to 0: only the bias is left."""
+    attention = stax.GlobalSelfAttention(8, 8, 8, 2, attention_mechanism="identity", b_std=0.3)
+    k = stax.serial(stax.Conv(8, (2,)), attention).kernel(_inputs(dtype, (3, 5, 3)), None)
+    np.testing.assert_allclose(k.nngp, 0.09, rtol=1e-6)
+    np.testing.assert_allclose(k.ntk, 0.09, rtol=1e-6)
+    with pytest.raises(ValueError, match="attention_mechanism"):
+        stax.GlobalSelfAttention(8, 8, 8, 2, attention_mechanism="RELU")

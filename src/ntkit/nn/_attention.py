@@ -11,19 +11,33 @@ import jax.numpy as jnp
 from ._core import Layer
 from ._dense import check_state
 
+_MECHANISMS = ("SOFTMAX", "IDENTITY")
+
 
 @dataclasses.dataclass(frozen=True)
 class GlobalSelfAttention(Layer):
-    """Multi-head softmax self-attention over all positions of `(N, *S, C)` inputs (NTK parameterization).
+    """Multi-head self-attention over all positions of `(N, *S, C)` inputs (NTK parameterization).
 
-    Finite layer, per head `h`: `Q = σ_q X W_q/√C`, `K = σ_k X W_k/√C`, `V = σ_v X W_v/√C`,
-    `A = softmax(Q Kᵀ / n_k)` over key positions (`linear_scaling=True`), `out = σ_o [A V]_h W_o/√(H n_v) + σ_b b`.
+    Finite layer, per head `h`: `Q = σ_q X W_q/√C`, `K = σ_k X W_k/√C`, `V = σ_v X W_v/√C`, logits
+    `G = Q Kᵀ / n_k` (`linear_scaling=True`) or `Q Kᵀ / √n_k` (`False`), attention `A = softmax(G)` over key
+    positions (`attention_mechanism="SOFTMAX"`) or `A = G / P` over the `P` positions (`"IDENTITY"`), and
+    `out = σ_o [A V]_h W_o/√(H n_v) + σ_b b`.
 
-    Kernel: with the `1/n_k` logit scaling and independent `W_q`, `W_k` the logits `Q Kᵀ/n_k` tend to 0 at infinite
-    width, so attention becomes the uniform average over positions (Hron et al. 2020) and
-    `Σ'[i, i'] = σ_o²σ_v² mean_{j, j'} Σ[j, j'] + σ_b²`, `Θ'[i, i'] = Σ' + σ_o²σ_v² mean_{j, j'} (Σ + Θ)[j, j']`
-    (query and key gradients vanish in the limit). With `1/√n_k` scaling (`linear_scaling=False`) the logits stay
-    Gaussian and the softmax expectation has no closed form: the kernel raises `NotImplementedError`.
+    Kernels (infinite `C`, `n_k`, `n_v` and heads; Hron et al. 2020), with `M = σ_o²σ_v²`:
+
+    * `SOFTMAX`, `linear_scaling=True`: the logits tend to 0, attention is the uniform average over positions,
+      `Σ'[i, i'] = M mean_{j, j'} Σ[j, j'] + σ_b²`, `Θ'[i, i'] = Σ' + M mean_{j, j'} (Σ + Θ)[j, j']` (query and key
+      gradients vanish).
+    * `IDENTITY`, `linear_scaling=False`: `E[G_ij G'_{i'j'}] = σ_q²σ_k² Σ[i, i'] Σ[j, j']`, so with
+      `M' = M σ_q²σ_k²`, `S = mean_{j, j'} Σ[j, j']²`, `T = mean_{j, j'} Σ[j, j'] Θ[j, j']`:
+      `Σ'[i, i'] = M' Σ[i, i'] S + σ_b²` and `Θ'[i, i'] = Σ' + 3 M' Σ[i, i'] S + M' (Θ[i, i'] S + 2 Σ[i, i'] T)`
+      (the gradients of `W_v`, `W_q`, `W_k` each add `M' Σ S`; the input's NTK enters through queries, keys and
+      values).
+    * `IDENTITY`, `linear_scaling=True`: the logits tend to 0 and so does the attention output: `Σ' = Θ' = σ_b²`.
+    * `SOFTMAX`, `linear_scaling=False`: the logits stay Gaussian and the softmax expectation has no closed form;
+      the kernel raises `NotImplementedError`.
+
+    The finite layer's outputs are Gaussian only as the number of heads grows, so Monte Carlo checks use many heads.
     """
 
     n_chan_out: int
@@ -36,6 +50,13 @@ class GlobalSelfAttention(Layer):
     W_query_std: float = 1.0
     W_out_std: float = 1.0
     b_std: float | None = None
+    attention_mechanism: str = "SOFTMAX"
+
+    def __post_init__(self):
+        mechanism = str(self.attention_mechanism).upper()
+        if mechanism not in _MECHANISMS:
+            raise ValueError(f"`attention_mechanism` must be one of {_MECHANISMS}, got {self.attention_mechanism!r}.")
+        object.__setattr__(self, "attention_mechanism", mechanism)
 
     def init(self, key, input_shape):
         input_shape = tuple(input_shape)
@@ -58,7 +79,11 @@ class GlobalSelfAttention(Layer):
         k = self.W_key_std / math.sqrt(c) * jnp.einsum("npc,chk->nhpk", x, wk)
         v = self.W_value_std / math.sqrt(c) * jnp.einsum("npc,chk->nhpk", x, wv)
         scale = self.n_chan_key if self.linear_scaling else math.sqrt(self.n_chan_key)
-        attn = jax.nn.softmax(jnp.einsum("nhpk,nhqk->nhpq", q, k) / scale, axis=-1)
+        logits = jnp.einsum("nhpk,nhqk->nhpq", q, k) / scale
+        if self.attention_mechanism == "SOFTMAX":
+            attn = jax.nn.softmax(logits, axis=-1)
+        else:
+            attn = logits / logits.shape[-1]
         heads = jnp.einsum("nhpq,nhqv->nphv", attn, v).reshape(shape[0], x.shape[1], -1)
         out = self.W_out_std / math.sqrt(heads.shape[-1]) * heads @ wo
         if b is not None:
@@ -67,30 +92,51 @@ class GlobalSelfAttention(Layer):
 
     def transform(self, k, **kwargs):
         k = check_state(k, "GlobalSelfAttention")
-        if not self.linear_scaling:
-            raise NotImplementedError("GlobalSelfAttention with `linear_scaling=False` has Gaussian attention logits "
-                                      "at infinite width and no closed-form kernel; use `linear_scaling=True`.")
+        if not self.linear_scaling and self.attention_mechanism == "SOFTMAX":
+            raise NotImplementedError("GlobalSelfAttention with softmax and `linear_scaling=False` has Gaussian "
+                                      "attention logits at infinite width and no closed-form kernel; use "
+                                      "`linear_scaling=True` or `attention_mechanism='IDENTITY'`.")
         if k.n_spatial == 0:
             raise ValueError(f"GlobalSelfAttention needs inputs with spatial axes, got shape {k.shape1}.")
         if k.diagonal_spatial:
             raise ValueError("GlobalSelfAttention needs full spatial covariances; the kernel carries only the "
                              "diagonal.")
         n = k.n_spatial
-        scale = self.W_out_std ** 2 * self.W_value_std ** 2
+        value = self.W_out_std ** 2 * self.W_value_std ** 2
         bias = 0.0 if self.b_std is None else self.b_std ** 2
 
-        def spread(a, nb):
-            """Mean over all position pairs, broadcast back to every pair."""
-            axes = tuple(range(nb, nb + 2 * n))
-            return jnp.broadcast_to(jnp.mean(a, axes, keepdims=True), a.shape)
+        def mean(a, nb):
+            """Mean over all position pairs, kept as size-1 axes to broadcast back to every pair."""
+            return jnp.mean(a, tuple(range(nb, nb + 2 * n)), keepdims=True)
 
-        mean = k.map(spread)
-        nngp = scale * mean.nngp + bias
-        ntk = None if k.ntk is None else nngp + scale * (mean.nngp + mean.ntk)
-        return k.replace(nngp=nngp, ntk=ntk, cov1=scale * mean.cov1 + bias,
-                         cov2=None if k.cov2 is None else scale * mean.cov2 + bias,
-                         shape1=k.shape1[:-1] + (self.n_chan_out,), shape2=k.shape2[:-1] + (self.n_chan_out,),
-                         is_gaussian=True, is_input=False)
+        shapes = dict(shape1=k.shape1[:-1] + (self.n_chan_out,), shape2=k.shape2[:-1] + (self.n_chan_out,),
+                      is_gaussian=True, is_input=False)
+        if self.linear_scaling and self.attention_mechanism == "IDENTITY":
+            def constant(a):
+                return jnp.full_like(a, bias)
+
+            return k.replace(nngp=constant(k.nngp), ntk=None if k.ntk is None else constant(k.ntk),
+                             cov1=constant(k.cov1), cov2=None if k.cov2 is None else constant(k.cov2), **shapes)
+        if self.linear_scaling:  # softmax of vanishing logits: the uniform average
+            def uniform(a, nb):
+                return jnp.broadcast_to(value * mean(a, nb) + bias, a.shape)
+
+            nngp = uniform(k.nngp, 2)
+            ntk = None if k.ntk is None else nngp + value * jnp.broadcast_to(mean(k.nngp + k.ntk, 2), k.ntk.shape)
+            return k.replace(nngp=nngp, ntk=ntk, cov1=uniform(k.cov1, 1),
+                             cov2=None if k.cov2 is None else uniform(k.cov2, 1), **shapes)
+        scale = value * self.W_query_std ** 2 * self.W_key_std ** 2
+
+        def identity(a, nb):
+            return scale * a * mean(a * a, nb) + bias
+
+        nngp = identity(k.nngp, 2)
+        ntk = None
+        if k.ntk is not None:
+            squares, mixed = mean(k.nngp * k.nngp, 2), mean(k.nngp * k.ntk, 2)
+            ntk = nngp + scale * (3 * k.nngp * squares + k.ntk * squares + 2 * k.nngp * mixed)
+        return k.replace(nngp=nngp, ntk=ntk, cov1=identity(k.cov1, 1),
+                         cov2=None if k.cov2 is None else identity(k.cov2, 1), **shapes)
 
     def needs_full(self, out_full: bool) -> bool:
         return True
