@@ -3,7 +3,7 @@
 Cases (issue 3):
   a      depth-3 ReLU MLP, 4000 inputs x 784 features, full NNGP + NTK (4000 x 4000);
   b      Myrtle-5 (3x3 SAME convolutions, ReLU, 2x2 average pooling down to 1x1, Flatten, Dense) on 32x32x3,
-         20 x 20 NNGP + NTK (full position x position covariances, tiles of 5 examples);
+         20 x 20 NNGP + NTK (full position x position covariances, tiled to fit `memory_limit`);
   c_gap  21-layer 3x3 ReLU CNN on 32x32x3 with GlobalAvgPool (full covariances), time per kernel entry;
   c_flat the same CNN with Flatten (diagonal covariances only), time per kernel entry.
 
@@ -26,6 +26,7 @@ import sys
 import time
 
 CASES = ("a", "b", "c_gap", "c_flat")
+MYRTLE_MEMORY_LIMIT = 1.6e9  # the kernel's working memory; the process adds ~0.25 GB (JAX itself), under 2 GB
 
 
 def _myrtle5(stax):
@@ -60,8 +61,8 @@ def _setup(name: str, quick: bool):
         x = jax.random.normal(key, (n, size, size, 3))
         net = _myrtle5(stax) if not quick else stax.serial(*_myrtle5(stax).layers[:-3], stax.Flatten(),
                                                            stax.Dense(10))
-        return (lambda: net.kernel(x, None, ("nngp", "ntk"), batch_size=5)), n * n, \
-            f"Myrtle-5, {n}x{size}x{size}x3, x2=None, batch_size=5"
+        return (lambda: net.kernel(x, None, ("nngp", "ntk"), memory_limit=MYRTLE_MEMORY_LIMIT)), n * n, \
+            f"Myrtle-5, {n}x{size}x{size}x3, x2=None, memory_limit={MYRTLE_MEMORY_LIMIT:.2g} bytes"
     readout = "gap" if name == "c_gap" else "flat"
     n1, n2 = (2, 2) if (quick or readout == "gap") else (8, 8)
     x1 = jax.random.normal(key, (n1, size, size, 3))

@@ -66,6 +66,39 @@ def test_tiled_equals_untiled(with_x2, dtype):
     assert_close(tiled.ntk, whole.ntk, dtype, scale=10)
 
 
+@pytest.mark.parametrize("with_x2", [False, True])
+def test_memory_limit_tiles_within_the_limit(with_x2, dtype, monkeypatch):
+    """`memory_limit` picks the largest even tiles whose estimated peak fits, and gives the untiled result."""
+    from ntkit.nn import _core
+
+    net = stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.AvgPool((2, 2), (2, 2)),
+                      stax.Flatten(), stax.Dense(1))
+    x1 = _images(dtype, (9, 6, 6, 2))
+    x2 = _images(dtype, (7, 6, 6, 2), seed=3) if with_x2 else None
+    whole = net.kernel(x1, x2, ("nngp", "ntk"))
+    # one pair of examples: nngp, ntk, cov1 and cov2 of 36 x 36 positions, 4x overhead
+    pair = 4 * (2 * 36 ** 2 + 2 * 36 ** 2) * np.dtype(dtype).itemsize
+    sizes = []
+    tiled = _core._tiled
+    monkeypatch.setattr(_core, "_tiled", lambda run, a, b, size, gets: sizes.append(size) or tiled(run, a, b, size,
+                                                                                                  gets))
+    # a b x b tile holds (2 b² + 2 b) such arrays: 12 for b = 2, 24 for b = 3
+    out = net.kernel(x1, x2, ("nngp", "ntk"), memory_limit=pair / 4 * 16)
+    assert sizes == [2]
+    assert_close(out.nngp, whole.nngp, dtype, scale=10)
+    assert_close(out.ntk, whole.ntk, dtype, scale=10)
+    net.kernel(x1, x2, "nngp", memory_limit=1e12)  # everything fits: no tiles
+    assert sizes == [2]
+    with pytest.raises(ValueError, match="one pair of examples"):
+        net.kernel(x1, x2, "nngp", memory_limit=pair / 2)
+    with pytest.raises(ValueError, match="not both"):
+        net.kernel(x1, x2, "nngp", memory_limit=1e9, batch_size=2)
+    with pytest.raises(ValueError, match="memory_limit"):
+        net.kernel(x1, x2, "nngp", memory_limit=-1)
+    with pytest.raises(ValueError, match="get"):
+        net.kernel(x1, x2, None, memory_limit=pair * 4)
+
+
 def test_symmetric_when_x2_is_none(dtype):
     net = stax.serial(stax.Dense(8, b_std=0.1), stax.Erf(), stax.Dense(1))
     x = _images(dtype, (5, 4))

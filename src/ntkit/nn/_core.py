@@ -46,7 +46,8 @@ class Layer:
     def __iter__(self):
         return iter((self.init, self.apply, self.kernel))
 
-    def kernel(self, x1, x2=None, get=None, batch_size: int | None = None, **kwargs):
+    def kernel(self, x1, x2=None, get=None, batch_size: int | None = None, memory_limit: float | None = None,
+               **kwargs):
         """Infinite-width NNGP and/or NTK between `x1` and `x2`.
 
         Args:
@@ -57,12 +58,15 @@ class Layer:
             whole `KernelState`).
           batch_size: compute the `(N1, N2)` kernel in tiles of this many examples per side; with `x2=None` only
             tiles on and above the diagonal are computed. Tiled and untiled results agree.
+          memory_limit: bytes the computation may use: the largest tiles whose estimated peak (every layer's
+            kernel state for the tile, times `MEMORY_OVERHEAD` for the step's input, output and temporaries) fits
+            are used. Give this or `batch_size`, not both.
           **kwargs: passed to every layer's kernel (array values are traced).
 
         Returns:
           Arrays `(N1, N2)` for flat outputs, `(N1, N2, S_1, S_1', ...)` for outputs with spatial axes.
         """
-        return compute_kernel(self, x1, x2, get, batch_size, kwargs)
+        return compute_kernel(self, x1, x2, get, batch_size, kwargs, memory_limit)
 
 
 def _parse_get(get) -> tuple[tuple[str, ...] | None, bool]:
@@ -142,6 +146,23 @@ def _segments(layers) -> list[tuple[int, ...]]:
     return out
 
 
+def _steps(layer) -> list[tuple[tuple[Layer, ...], tuple[int, ...]]]:
+    """The compiled steps of `layer`: `(layers, indices into a top-level serial)`; one step unless it is one."""
+    from ._combinators import serial
+
+    if not isinstance(layer, serial):
+        return [((layer,), ())]
+    return [(tuple(layer.layers[i] for i in segment), segment) for segment in _segments(layer.layers)]
+
+
+def _step_kwargs(dynamic_kwargs, indices):
+    from ._combinators import _fold_rng
+
+    if not indices:
+        return (dynamic_kwargs,)
+    return tuple(_fold_rng(dynamic_kwargs, i) for i in indices)
+
+
 def _run(layer, diagonal_spatial, compute_ntk, static_kwargs, x1, x2, dynamic_kwargs):
     """Input kernel, then the layers of a top-level `serial` one jitted step at a time.
 
@@ -150,27 +171,60 @@ def _run(layer, diagonal_spatial, compute_ntk, static_kwargs, x1, x2, dynamic_kw
     slower than its layers one by one and took minutes to compile. Stepping layer by layer keeps the cost linear
     in depth, and identical layers (the same object and shapes) share one compiled step.
     """
-    from ._combinators import _fold_rng, serial
-
     k = _jit_inputs(x1, x2, diagonal_spatial, compute_ntk)
-    if not isinstance(layer, serial):
-        return _jit_transform((layer,), static_kwargs, k, (dynamic_kwargs,))
-    for segment in _segments(layer.layers):
+    for layers, indices in _steps(layer):
+        step_kwargs = _step_kwargs(dynamic_kwargs, indices)
         try:
-            k = _jit_transform(tuple(layer.layers[i] for i in segment), static_kwargs, k,
-                               tuple(_fold_rng(dynamic_kwargs, i) for i in segment))
+            k = _jit_transform(layers, static_kwargs, k, step_kwargs)
         except ValueError:
-            for i in segment:  # find and name the layer that raised (errors come from checks at trace time)
-                try:
-                    k = _jit_transform((layer.layers[i],), static_kwargs, k, (_fold_rng(dynamic_kwargs, i),))
+            if not indices:
+                raise
+            for sub, i, kw in zip(layers, indices, step_kwargs, strict=True):
+                try:  # find and name the layer that raised (errors come from checks at trace time)
+                    k = _jit_transform((sub,), static_kwargs, k, (kw,))
                 except ValueError as err:
-                    raise ValueError(f"serial: layer {i} ({type(layer.layers[i]).__name__}): {err}") from err
+                    raise ValueError(f"serial: layer {i} ({type(sub).__name__}): {err}") from err
             raise
     return k
 
 
+MEMORY_OVERHEAD = 4.0
+"""Peak memory of one compiled step over the size of its larger kernel state: its input and output states, the
+padded copy a convolution or pooling reads, and temporaries (Myrtle-5 tiles measured 3.9x; see benchmarks)."""
 
-def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]):
+
+def _state_bytes(k) -> int:
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(k))
+
+
+def estimate_peak_bytes(layer, x1, x2, diagonal_spatial, compute_ntk, static_kwargs, dynamic_kwargs) -> float:
+    """Estimated peak memory of `_run` on these inputs, from the shapes of every step's kernel state."""
+    k = jax.eval_shape(lambda a, b: _inputs(a, b, diagonal_spatial, compute_ntk), x1, x2)
+    peak = _state_bytes(k)
+    for layers, indices in _steps(layer):
+        k = jax.eval_shape(lambda state, kw, layers=layers: _transform(layers, static_kwargs, state, kw), k,
+                           _step_kwargs(dynamic_kwargs, indices))
+        peak = max(peak, _state_bytes(k))
+    return MEMORY_OVERHEAD * peak
+
+
+def _batch_size_for(memory_limit, estimate, n1: int, n2: int) -> int:
+    """The largest tile side whose estimated peak fits in `memory_limit` bytes."""
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, int | float) or not memory_limit > 0:
+        raise ValueError(f"`memory_limit` must be a positive number of bytes or None, got {memory_limit!r}.")
+    lo, hi = 1, max(n1, n2)
+    if estimate(lo) > memory_limit:
+        raise ValueError(f"`memory_limit` of {memory_limit / 2**30:.3g} GiB is below the ~{estimate(lo) / 2**30:.3g} "
+                         "GiB that one pair of examples needs for this network.")
+    while lo < hi:  # the estimate grows with the tile side
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if estimate(mid) <= memory_limit else (lo, mid - 1)
+    n = max(n1, n2)
+    return -(-n // -(-n // lo))  # as many tiles as `lo` needs, evened out (one compiled shape, not a ragged one)
+
+
+
+def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any], memory_limit=None):
     gets, single = _parse_get(get)
     if _is_state(x1):
         if x2 is not None:
@@ -192,6 +246,29 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
     def run(a, b):
         return _run(layer, diagonal_spatial, compute_ntk, static, a, b, dynamic)
 
+    if memory_limit is not None:
+        if batch_size is not None:
+            raise ValueError("Give `batch_size` or `memory_limit`, not both.")
+        if isinstance(x1, list):
+            raise ValueError("`memory_limit` needs a single input array (not a list).")
+        n1 = x1.shape[0]
+        n2 = n1 if x2 is None else x2.shape[0]
+
+        def estimate(b):
+            a = jax.ShapeDtypeStruct((min(b, n1),) + x1.shape[1:], x1.dtype)
+            if x2 is None and b >= n1:
+                c = None  # one untiled call of x1 with itself
+            else:  # off-diagonal tiles carry both sides' own covariances
+                other = x1 if x2 is None else x2
+                c = jax.ShapeDtypeStruct((min(b, n2),) + other.shape[1:], other.dtype)
+            return estimate_peak_bytes(layer, a, c, diagonal_spatial, compute_ntk, static, dynamic)
+
+        batch_size = _batch_size_for(memory_limit, estimate, n1, n2)
+        if batch_size >= max(n1, n2):
+            batch_size = None
+        elif gets is None:
+            raise ValueError(f"`memory_limit` needs tiles of {batch_size} examples here, and tiling needs `get` set "
+                             "('nngp', 'ntk' or a tuple).")
     if batch_size is None:
         return _select(run(x1, x2), gets, single)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
