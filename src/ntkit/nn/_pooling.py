@@ -60,10 +60,11 @@ class _Pool(Layer):
         scale = self._scale() ** 2
 
         def linear(a, n_batch):
-            for d, (n, w, s) in enumerate(zip(spatial, self.window_shape, self.strides, strict=True)):
-                a = window_sum(a, (n_batch + 2 * d,), w, s, n, self.padding)
-                a = window_sum(a, (n_batch + 2 * d + 1,), w, s, n, self.padding)
-            return a * scale
+            # independent windows on `i` and `i'`: one group per axis, all summed in one pass
+            axes = tuple((n_batch + ax,) for ax in range(2 * len(spatial)))
+            twice = lambda t: tuple(v for v in t for _ in range(2))  # noqa: E731
+            return window_sum(a, axes, twice(self.window_shape), twice(self.strides), twice(spatial),
+                              self.padding) * scale
 
         return k.map(linear).replace(shape1=shape1, shape2=shape2, is_input=False)
 
