@@ -99,6 +99,27 @@ def test_memory_limit_tiles_within_the_limit(with_x2, dtype, monkeypatch):
         net.kernel(x1, x2, None, memory_limit=pair * 4)
 
 
+def test_large_symmetric_calls_compute_one_triangle(dtype, monkeypatch):
+    """Untiled `x2=None` calls above `_SPLIT_BYTES` compute 3 of 4 blocks; the result is unchanged, also in jit."""
+    from ntkit.nn import _core
+
+    net = stax.serial(stax.Dense(16, b_std=0.1), stax.Relu(), stax.Dense(1))
+    x = _images(dtype, (7, 4))
+    reference = net.kernel(x, x, ("nngp", "ntk"))
+    sizes = []
+    tiled = _core._tiled
+    monkeypatch.setattr(_core, "_tiled", lambda run, a, b, size, gets: sizes.append(size) or tiled(run, a, b, size,
+                                                                                                  gets))
+    monkeypatch.setattr(_core, "_SPLIT_BYTES", 0)
+    out = net.kernel(x, None, ("nngp", "ntk"))
+    assert sizes == [4]
+    assert_close(out.nngp, reference.nngp, dtype, scale=10)
+    assert_close(out.ntk, reference.ntk, dtype, scale=10)
+    traced = jax.jit(lambda a: net.kernel(a, None, "ntk"))(x)  # tracers are never tiled
+    assert sizes == [4]
+    assert_close(traced, reference.ntk, dtype, scale=10)
+
+
 def test_symmetric_when_x2_is_none(dtype):
     net = stax.serial(stax.Dense(8, b_std=0.1), stax.Erf(), stax.Dense(1))
     x = _images(dtype, (5, 4))

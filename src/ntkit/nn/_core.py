@@ -13,6 +13,7 @@ spatial covariances (pooling, attention) or can drop them (`Flatten`), `needs_fu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,9 @@ class Layer:
         Args:
           x1: inputs `(N1, *S, C)` (channels last, batch first), a list of them for a multi-input network, or a
             `KernelState` to continue from.
-          x2: `(N2, *S, C)` or `None` for `x1` (then `Σ(x, x)` holds each input's variance).
+          x2: `(N2, *S, C)` or `None` for `x1` (then `Σ(x, x)` holds each input's variance; when `get` is set and the
+            call is large, estimated above `_SPLIT_BYTES`, two diagonal blocks and one off-diagonal block are computed
+            and the fourth mirrored).
           get: `"nngp"`, `"ntk"`, a tuple of them (a `Kernel(nngp, ntk)` named tuple comes back) or `None` (the
             whole `KernelState`).
           batch_size: compute the `(N1, N2)` kernel in tiles of this many examples per side; with `x2=None` only
@@ -188,6 +191,8 @@ def _run(layer, diagonal_spatial, compute_ntk, static_kwargs, x1, x2, dynamic_kw
     return k
 
 
+_SPLIT_BYTES = 2 ** 28  # untiled `x2=None` calls estimated above this compute one triangle of blocks
+
 MEMORY_OVERHEAD = 4.0
 """Peak memory of one compiled step over the size of its larger kernel state: its input and output states, the
 padded copy a convolution or pooling reads, and temporaries (Myrtle-5 tiles measured 3.9x; see benchmarks)."""
@@ -199,11 +204,21 @@ def _state_bytes(k) -> int:
 
 def estimate_peak_bytes(layer, x1, x2, diagonal_spatial, compute_ntk, static_kwargs, dynamic_kwargs) -> float:
     """Estimated peak memory of `_run` on these inputs, from the shapes of every step's kernel state."""
+    abstract = lambda a: None if a is None else jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
+    leaves, tree = jax.tree_util.tree_flatten(dynamic_kwargs)
+    return _estimate_cached(layer, abstract(x1), abstract(x2), diagonal_spatial, compute_ntk, static_kwargs,
+                            tuple(abstract(a) for a in leaves), tree)
+
+
+@functools.lru_cache(maxsize=256)
+def _estimate_cached(layer, x1, x2, diagonal_spatial, compute_ntk, static_kwargs, leaves, tree) -> float:
+    # Tracing every step costs ~30 ms for a small MLP; repeated calls on the same shapes reuse the estimate.
+    dynamic_kwargs = jax.tree_util.tree_unflatten(tree, leaves)
     k = jax.eval_shape(lambda a, b: _inputs(a, b, diagonal_spatial, compute_ntk), x1, x2)
     peak = _state_bytes(k)
     for layers, indices in _steps(layer):
-        k = jax.eval_shape(lambda state, kw, layers=layers: _transform(layers, static_kwargs, state, kw), k,
-                           _step_kwargs(dynamic_kwargs, indices))
+        k = jax.eval_shape(lambda state, dyn, layers=layers, indices=indices: _transform(
+            layers, static_kwargs, state, _step_kwargs(dyn, indices)), k, dynamic_kwargs)
         peak = max(peak, _state_bytes(k))
     return MEMORY_OVERHEAD * peak
 
@@ -246,29 +261,35 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
     def run(a, b):
         return _run(layer, diagonal_spatial, compute_ntk, static, a, b, dynamic)
 
+    single_array = not isinstance(x1, list)
+    n1 = x1.shape[0] if single_array else 0
+    n2 = n1 if x2 is None or not single_array else x2.shape[0]
+
+    def estimate(b):
+        a = jax.ShapeDtypeStruct((min(b, n1),) + x1.shape[1:], x1.dtype)
+        if x2 is None and b >= n1:
+            c = None  # one untiled call of x1 with itself
+        else:  # off-diagonal tiles carry both sides' own covariances
+            other = x1 if x2 is None else x2
+            c = jax.ShapeDtypeStruct((min(b, n2),) + other.shape[1:], other.dtype)
+        return estimate_peak_bytes(layer, a, c, diagonal_spatial, compute_ntk, static, dynamic)
+
     if memory_limit is not None:
         if batch_size is not None:
             raise ValueError("Give `batch_size` or `memory_limit`, not both.")
-        if isinstance(x1, list):
+        if not single_array:
             raise ValueError("`memory_limit` needs a single input array (not a list).")
-        n1 = x1.shape[0]
-        n2 = n1 if x2 is None else x2.shape[0]
-
-        def estimate(b):
-            a = jax.ShapeDtypeStruct((min(b, n1),) + x1.shape[1:], x1.dtype)
-            if x2 is None and b >= n1:
-                c = None  # one untiled call of x1 with itself
-            else:  # off-diagonal tiles carry both sides' own covariances
-                other = x1 if x2 is None else x2
-                c = jax.ShapeDtypeStruct((min(b, n2),) + other.shape[1:], other.dtype)
-            return estimate_peak_bytes(layer, a, c, diagonal_spatial, compute_ntk, static, dynamic)
-
         batch_size = _batch_size_for(memory_limit, estimate, n1, n2)
         if batch_size >= max(n1, n2):
             batch_size = None
         elif gets is None:
             raise ValueError(f"`memory_limit` needs tiles of {batch_size} examples here, and tiling needs `get` set "
                              "('nngp', 'ntk' or a tuple).")
+    elif (batch_size is None and x2 is None and gets is not None and single_array and n1 >= 2
+          and not isinstance(x1, jax.core.Tracer) and estimate(n1) >= _SPLIT_BYTES):
+        # Σ(x, x) is symmetric: compute the two diagonal blocks and one off-diagonal block, mirror the fourth
+        # (~25% less work; a 4000-input MLP ran 0.31 s -> 0.20 s). Small calls stay whole (one compile).
+        batch_size = -(-n1 // 2)
     if batch_size is None:
         return _select(run(x1, x2), gets, single)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
