@@ -149,3 +149,14 @@ def test_gelu_tanh_approximation_is_close_to_exact(dtype):
     assert approx.nngp_fn is None and exact.nngp_fn is not None
     np.testing.assert_allclose(approx._nngp(c, v1, v2), exact._nngp(c, v1, v2), atol=3e-3)
     assert float(jnp.max(jnp.abs(approx._nngp(c, v1, v2) - exact._nngp(c, v1, v2)))) > 1e-6
+
+
+def test_elementwise_numerical_is_quadrature(dtype):
+    """neural-tangents' `ElementwiseNumerical(fn, deg, df)` equals the closed form for a smooth `φ`."""
+    c, v1, v2 = _covariances(dtype)
+    erf = stax.Erf(b=0.7)
+    fn = lambda x: jax.scipy.special.erf(0.7 * x)  # noqa: E731
+    df = lambda x: 1.4 / math.sqrt(math.pi) * jnp.exp(-0.49 * x * x)  # noqa: E731
+    for layer in (stax.ElementwiseNumerical(fn, 40), stax.ElementwiseNumerical(fn, 40, df=df)):
+        assert_close(layer._nngp(c, v1, v2), erf._nngp(c, v1, v2), dtype, scale=100)
+        assert_close(layer._d_nngp(c, v1, v2), erf._d_nngp(c, v1, v2), dtype, scale=100)

@@ -21,6 +21,7 @@ from ._elementwise import ABRelu as ABRelu
 from ._elementwise import Abs as Abs
 from ._elementwise import Cos as Cos
 from ._elementwise import Elementwise as Elementwise
+from ._elementwise import ElementwiseNumerical as ElementwiseNumerical
 from ._elementwise import Erf as Erf
 from ._elementwise import Exp as Exp
 from ._elementwise import Gaussian as Gaussian

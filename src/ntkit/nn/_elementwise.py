@@ -125,6 +125,19 @@ class Elementwise(Layer):
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False, is_input=False)
 
 
+def ElementwiseNumerical(fn: Callable, deg: int, df: Callable | None = None) -> Elementwise:
+    """neural-tangents' name for quadrature kernels: `Elementwise(fn)` with `deg` Gauss–Hermite nodes per axis.
+
+    `df` is `φ'` when known (else autodiff); `E[φ'(u)φ'(v)]` is then computed by quadrature over `df`.
+    """
+    d_nngp_fn = None if df is None else _Bound(_quadrature, (df, int(deg)))
+    return Elementwise(fn=fn, d_nngp_fn=d_nngp_fn, quadrature_degree=int(deg), name="ElementwiseNumerical")
+
+
+def _quadrature(cov12, var1, var2, fn, degree):
+    return gauss_hermite_2d(fn, fn, cov12, var1, var2, degree)
+
+
 def _closed(name, fn, nngp_fn, d_nngp_fn, *args) -> Elementwise:
     return Elementwise(fn=_Bound(fn, args), nngp_fn=_Bound(nngp_fn, args),
                        d_nngp_fn=None if d_nngp_fn is None else _Bound(d_nngp_fn, args), name=name)
