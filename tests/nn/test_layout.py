@@ -9,7 +9,7 @@ import pytest
 
 import ntkit
 import ntkit.nn as stax
-from ntkit.nn._kernel import input_state
+from ntkit.nn._kernel import COV_DIAGONAL, COV_FULL, COV_NONE, input_state
 from tests.tolerance import assert_close
 
 
@@ -66,6 +66,53 @@ def test_tiled_equals_untiled(with_x2, dtype):
     assert_close(tiled.ntk, whole.ntk, dtype, scale=10)
 
 
+def _residual_gap():
+    block = stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), stax.serial(
+        stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.Conv(4, (3, 3), padding="SAME"))), stax.FanInSum())
+    return stax.serial(stax.Conv(4, (3, 3), padding="SAME"), block, stax.LayerNorm(), stax.Relu(),
+                       stax.Dropout(0.3, mode="train"), stax.GlobalAvgPool(), stax.Dense(1))
+
+
+COV_NETWORKS = {
+    # (network, covariance level the input carries when only nngp/ntk are returned)
+    "conv_relu_gap": (lambda: stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.Conv(4, (2, 2)),
+                                          stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1)), COV_DIAGONAL),
+    "residual_layernorm_dropout_gap": (_residual_gap, COV_DIAGONAL),
+    "pool_then_relu": (lambda: stax.serial(stax.Conv(4, (3, 3)), stax.Relu(), stax.AvgPool((2, 2)),
+                                           stax.Conv(4, (2, 2)), stax.Erf(), stax.GlobalAvgPool(), stax.Dense(1)),
+                       COV_FULL),
+    "attention": (lambda: stax.serial(stax.Conv(4, (2, 2)), stax.Relu(), stax.GlobalSelfAttention(
+        4, 4, 4, 1, linear_scaling=False, attention_mechanism="IDENTITY"), stax.GlobalAvgPool()), COV_DIAGONAL),
+    "pooled_branch": (lambda: stax.serial(  # the pooled branch drops the diagonal covariances, the sum follows
+        stax.Conv(4, (3, 3)), stax.Relu(), stax.FanOut(2),
+        stax.parallel(stax.Identity(), stax.AvgPool((3, 3), padding="SAME")), stax.FanInSum(),
+        stax.GlobalAvgPool(), stax.Dense(1)), COV_DIAGONAL),
+    "flatten": (lambda: stax.serial(stax.Conv(4, (3, 3)), stax.Relu(), stax.Flatten(), stax.Dense(1)),
+                COV_DIAGONAL),
+    "gap_then_relu": (lambda: stax.serial(stax.Conv(4, (3, 3)), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(4),
+                                          stax.Relu(), stax.Dense(1)), COV_FULL),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COV_NETWORKS))
+@pytest.mark.parametrize("with_x2", [False, True])
+def test_covariances_carried_only_as_far_as_read(name, with_x2, dtype):
+    """Returning nngp/ntk carries per-example covariances only as needed; the kernels equal those computed with full
+    covariances (`get=None` returns the whole state and carries them all)."""
+    make, level = COV_NETWORKS[name]
+    net = make()
+    assert net.cov_needs(COV_NONE) == level
+    assert net.cov_needs(COV_FULL) == (COV_DIAGONAL if name == "flatten" else COV_FULL)  # Flatten reads variances
+    x1 = _images(dtype, (3, 6, 5, 2))
+    x2 = _images(dtype, (2, 6, 5, 2), seed=3) if with_x2 else None
+    kwargs = {"rng": jax.random.key(5)}
+    lean = net.kernel(x1, x2, ("nngp", "ntk"), **kwargs)
+    state = net.kernel(x1, x2, None, **kwargs)
+    assert state.cov1 is not None and state.cov1.shape[0] == 3
+    assert_close(lean.nngp, state.nngp, dtype, scale=10)
+    assert_close(lean.ntk, state.ntk, dtype, scale=10)
+
+
 @pytest.mark.parametrize("with_x2", [False, True])
 def test_memory_limit_tiles_within_the_limit(with_x2, dtype, monkeypatch):
     """`memory_limit` picks the largest even tiles whose estimated peak fits, and gives the untiled result."""
@@ -76,21 +123,24 @@ def test_memory_limit_tiles_within_the_limit(with_x2, dtype, monkeypatch):
     x1 = _images(dtype, (9, 6, 6, 2))
     x2 = _images(dtype, (7, 6, 6, 2), seed=3) if with_x2 else None
     whole = net.kernel(x1, x2, ("nngp", "ntk"))
-    # one pair of examples: nngp, ntk, cov1 and cov2 of 36 x 36 positions, 4x overhead
-    pair = 4 * (2 * 36 ** 2 + 2 * 36 ** 2) * np.dtype(dtype).itemsize
+    # nngp and ntk carry 36 x 36 positions per pair of examples; cov1 and cov2 only the 36 variances per example
+    # (no pooled covariance feeds a nonlinearity); 4x overhead. A b x b tile holds 2 b² 1296 + 2 b 36 entries.
+    def tile_bytes(b):
+        return 4 * (2 * b * b * 36 ** 2 + 2 * b * 36) * np.dtype(dtype).itemsize
+
+    pair = tile_bytes(1)
     sizes = []
     tiled = _core._tiled
     monkeypatch.setattr(_core, "_tiled", lambda run, a, b, size, gets: sizes.append(size) or tiled(run, a, b, size,
                                                                                                   gets))
-    # a b x b tile holds (2 b² + 2 b) such arrays: 12 for b = 2, 24 for b = 3
-    out = net.kernel(x1, x2, ("nngp", "ntk"), memory_limit=pair / 4 * 16)
+    out = net.kernel(x1, x2, ("nngp", "ntk"), memory_limit=tile_bytes(2))  # a 2 x 2 tile fits, 3 x 3 does not
     assert sizes == [2]
     assert_close(out.nngp, whole.nngp, dtype, scale=10)
     assert_close(out.ntk, whole.ntk, dtype, scale=10)
     net.kernel(x1, x2, "nngp", memory_limit=1e12)  # everything fits: no tiles
     assert sizes == [2]
     with pytest.raises(ValueError, match="one pair of examples"):
-        net.kernel(x1, x2, "nngp", memory_limit=pair / 2)
+        net.kernel(x1, x2, "nngp", memory_limit=pair / 4)
     with pytest.raises(ValueError, match="not both"):
         net.kernel(x1, x2, "nngp", memory_limit=1e9, batch_size=2)
     with pytest.raises(ValueError, match="memory_limit"):
@@ -115,9 +165,23 @@ def test_large_symmetric_calls_compute_one_triangle(dtype, monkeypatch):
     assert sizes == [4]
     assert_close(out.nngp, reference.nngp, dtype, scale=10)
     assert_close(out.ntk, reference.ntk, dtype, scale=10)
-    traced = jax.jit(lambda a: net.kernel(a, None, "ntk"))(x)  # tracers are never tiled
+    traced = jax.jit(lambda a: net.kernel(a, None, "ntk"))(x)  # traced inputs are never tiled
     assert sizes == [4]
     assert_close(traced, reference.ntk, dtype, scale=10)
+    # closed-over inputs under an outer jit: the tiles are tracers and are assembled as such
+    scaled = jax.jit(lambda s: s * net.kernel(x, None, "ntk"))(jnp.asarray(2.0, dtype))
+    assert sizes == [4, 4]
+    assert_close(scaled, 2 * reference.ntk, dtype, scale=10)
+    tiled_in_jit = jax.jit(lambda s: s * net.kernel(x, x, "nngp", batch_size=3))(jnp.asarray(1.0, dtype))
+    assert_close(tiled_in_jit, reference.nngp, dtype, scale=10)
+
+
+def test_errors_name_the_layer_on_every_path():
+    x = jnp.ones((4, 3))
+    net = stax.serial(stax.Dense(4), stax.Relu(), stax.Dense(4), stax.Relu(), stax.Relu(), stax.Dense(1))
+    for x2, kwargs in [(x, {}), (None, {}), (None, {"memory_limit": 1e9}), (x, {"batch_size": 2})]:
+        with pytest.raises(ValueError, match="serial: layer 4"):
+            net.kernel(x, x2, "nngp", **kwargs)
 
 
 def test_symmetric_when_x2_is_none(dtype):

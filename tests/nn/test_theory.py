@@ -160,3 +160,13 @@ def test_elementwise_numerical_is_quadrature(dtype):
     for layer in (stax.ElementwiseNumerical(fn, 40), stax.ElementwiseNumerical(fn, 40, df=df)):
         assert_close(layer._nngp(c, v1, v2), erf._nngp(c, v1, v2), dtype, scale=100)
         assert_close(layer._d_nngp(c, v1, v2), erf._d_nngp(c, v1, v2), dtype, scale=100)
+
+
+def test_relu_is_exact_on_perfect_correlation(dtype):
+    """Each input with itself has cos θ = 1 exactly, so `E[φ'φ'] = 1/2` and `E[φφ] = Σ/2` without rounding drift
+    (an angle of √ulp there compounds through the NTK of deep networks)."""
+    v = jnp.exp(jnp.linspace(-3, 3, 1001, dtype=dtype))
+    relu = stax.Relu()
+    np.testing.assert_array_equal(relu._d_nngp(v, v, v), jnp.full_like(v, 0.5))
+    assert_close(relu._nngp(v, v, v), v / 2, dtype)
+    assert_close(relu._nngp(-v, v, v), jnp.zeros_like(v), dtype)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from ._core import Layer
 from ._dense import check_state
+from ._kernel import COV_DIAGONAL, COV_FULL, COV_NONE
 
 _MECHANISMS = ("SOFTMAX", "IDENTITY")
 
@@ -109,6 +110,8 @@ class GlobalSelfAttention(Layer):
             """Mean over all position pairs, kept as size-1 axes to broadcast back to every pair."""
             return jnp.mean(a, tuple(range(nb, nb + 2 * n)), keepdims=True)
 
+        if k.cov_level == COV_DIAGONAL:  # arrives only when nothing after reads the result (see `cov_needs`)
+            k = k.replace(cov1=None, cov2=None, cov_diagonal=False)
         shapes = dict(shape1=k.shape1[:-1] + (self.n_chan_out,), shape2=k.shape2[:-1] + (self.n_chan_out,),
                       is_gaussian=True, is_input=False)
         if self.linear_scaling and self.attention_mechanism == "IDENTITY":
@@ -116,14 +119,15 @@ class GlobalSelfAttention(Layer):
                 return jnp.full_like(a, bias)
 
             return k.replace(nngp=constant(k.nngp), ntk=None if k.ntk is None else constant(k.ntk),
-                             cov1=constant(k.cov1), cov2=None if k.cov2 is None else constant(k.cov2), **shapes)
+                             cov1=None if k.cov1 is None else constant(k.cov1),
+                             cov2=None if k.cov2 is None else constant(k.cov2), **shapes)
         if self.linear_scaling:  # softmax of vanishing logits: the uniform average
             def uniform(a, nb):
                 return jnp.broadcast_to(value * mean(a, nb) + bias, a.shape)
 
             nngp = uniform(k.nngp, 2)
             ntk = None if k.ntk is None else nngp + value * jnp.broadcast_to(mean(k.nngp + k.ntk, 2), k.ntk.shape)
-            return k.replace(nngp=nngp, ntk=ntk, cov1=uniform(k.cov1, 1),
+            return k.replace(nngp=nngp, ntk=ntk, cov1=None if k.cov1 is None else uniform(k.cov1, 1),
                              cov2=None if k.cov2 is None else uniform(k.cov2, 1), **shapes)
         scale = value * self.W_query_std ** 2 * self.W_key_std ** 2
 
@@ -135,8 +139,11 @@ class GlobalSelfAttention(Layer):
         if k.ntk is not None:
             squares, mixed = mean(k.nngp * k.nngp, 2), mean(k.nngp * k.ntk, 2)
             ntk = nngp + scale * (3 * k.nngp * squares + k.ntk * squares + 2 * k.nngp * mixed)
-        return k.replace(nngp=nngp, ntk=ntk, cov1=identity(k.cov1, 1),
+        return k.replace(nngp=nngp, ntk=ntk, cov1=None if k.cov1 is None else identity(k.cov1, 1),
                          cov2=None if k.cov2 is None else identity(k.cov2, 1), **shapes)
 
     def needs_full(self, out_full: bool) -> bool:
         return True
+
+    def cov_needs(self, out_level: int) -> int:
+        return COV_FULL if out_level >= COV_DIAGONAL else COV_NONE

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from ._core import Layer
 from ._dense import check_state
-from ._kernel import KernelState
+from ._kernel import KernelState, align_covariances
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -55,6 +55,11 @@ class serial(Layer):  # noqa: N801 -- stax name
         for layer in reversed(self.layers):
             out_full = layer.needs_full(out_full)
         return out_full
+
+    def cov_needs(self, out_level: int) -> int:
+        for layer in reversed(self.layers):
+            out_level = layer.cov_needs(out_level)
+        return out_level
 
 
 def _fold_rng(kwargs: dict, i: int) -> dict:
@@ -103,6 +108,9 @@ class parallel(Layer):  # noqa: N801 -- stax name
     def needs_full(self, out_full: bool) -> bool:
         return any(layer.needs_full(out_full) for layer in self.layers)
 
+    def cov_needs(self, out_level: int) -> int:
+        return max(layer.cov_needs(out_level) for layer in self.layers)
+
 
 @dataclasses.dataclass(frozen=True)
 class FanOut(Layer):
@@ -137,7 +145,7 @@ class Identity(Layer):
 def _branches(k, name: str) -> list[KernelState]:
     if not isinstance(k, list | tuple) or not all(isinstance(s, KernelState) for s in k) or len(k) < 1:
         raise ValueError(f"{name} needs a list of branch kernels (from FanOut/parallel), got {type(k).__name__}.")
-    return list(k)
+    return align_covariances(list(k))
 
 
 def _same_shapes(shapes, name: str, ignore_channels: bool = False):

@@ -99,8 +99,8 @@ class Conv(Layer):
         q = math.prod(self.filter_shape)
         in_spatial = k.shape1[1:-1]
 
-        def linear(a, n_batch):
-            axes = tuple((n_batch + d,) if k.diagonal_spatial else (n_batch + 2 * d, n_batch + 2 * d + 1)
+        def linear(a, n_batch, diagonal):
+            axes = tuple((n_batch + d,) if diagonal else (n_batch + 2 * d, n_batch + 2 * d + 1)
                          for d in range(len(in_spatial)))
             return window_sum(a, axes, self.filter_shape, self._strides, in_spatial, self.padding) / q
 

@@ -8,12 +8,14 @@ Every layer is a small frozen dataclass deriving from `Layer` with
 
 and unpacks as `init_fn, apply_fn, kernel_fn = layer`, so code written for neural-tangents' `stax` ports
 unchanged. A subclass implements `init`, `apply`, `transform(state) -> state` and, when it needs off-diagonal
-spatial covariances (pooling, attention) or can drop them (`Flatten`), `needs_full`.
+spatial covariances (pooling, attention) or can drop them (`Flatten`), `needs_full`; when it reads the
+per-example covariances differently from a position-wise linear map, `cov_needs`.
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._empirical import Kernel, _chunks, _split_kwargs
-from ._kernel import KernelState, input_state
+from ._kernel import COV_FULL, COV_NONE, KernelState, input_state
 
 _GETS = ("nngp", "ntk")
 
@@ -43,6 +45,13 @@ class Layer:
     def needs_full(self, out_full: bool) -> bool:
         """Whether the input kernel must carry full spatial covariances, given whether the output must."""
         return out_full
+
+    def cov_needs(self, out_level: int) -> int:
+        """How much of the per-example covariances (`COV_NONE`, `COV_DIAGONAL`, `COV_FULL`) the input must carry,
+        given how much the output must. Linear maps that act position by position keep the level; a layer that
+        reads variances needs at least `COV_DIAGONAL`; one that mixes positions needs `COV_FULL` to produce any.
+        Layers receiving more than they need pass on what they can."""
+        return out_level
 
     def __iter__(self):
         return iter((self.init, self.apply, self.kernel))
@@ -111,11 +120,11 @@ def _check_input(x, name: str):
     return x
 
 
-def _inputs(x1, x2, diagonal_spatial, compute_ntk):
+def _inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level):
     if isinstance(x1, list):
         x2s = [None] * len(x1) if x2 is None else x2
-        return [input_state(a, b, diagonal_spatial, compute_ntk) for a, b in zip(x1, x2s, strict=True)]
-    return input_state(x1, x2, diagonal_spatial, compute_ntk)
+        return [input_state(a, b, diagonal_spatial, compute_ntk, cov_level) for a, b in zip(x1, x2s, strict=True)]
+    return input_state(x1, x2, diagonal_spatial, compute_ntk, cov_level)
 
 
 def _transform(layers, static_kwargs, k, dynamic_kwargs):
@@ -125,7 +134,7 @@ def _transform(layers, static_kwargs, k, dynamic_kwargs):
     return k
 
 
-_jit_inputs = jax.jit(_inputs, static_argnums=(2, 3))
+_jit_inputs = jax.jit(_inputs, static_argnums=(2, 3, 4))
 _jit_transform = jax.jit(_transform, static_argnums=(0, 1))
 
 
@@ -166,7 +175,7 @@ def _step_kwargs(dynamic_kwargs, indices):
     return tuple(_fold_rng(dynamic_kwargs, i) for i in indices)
 
 
-def _run(layer, diagonal_spatial, compute_ntk, static_kwargs, x1, x2, dynamic_kwargs):
+def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2, dynamic_kwargs):
     """Input kernel, then the layers of a top-level `serial` one jitted step at a time.
 
     One `jit` over a deep network lets XLA fuse each layer into the next, and since a layer reads its input
@@ -174,21 +183,28 @@ def _run(layer, diagonal_spatial, compute_ntk, static_kwargs, x1, x2, dynamic_kw
     slower than its layers one by one and took minutes to compile. Stepping layer by layer keeps the cost linear
     in depth, and identical layers (the same object and shapes) share one compiled step.
     """
-    k = _jit_inputs(x1, x2, diagonal_spatial, compute_ntk)
+    def step(k, layers, indices):
+        return _jit_transform(layers, static_kwargs, k, _step_kwargs(dynamic_kwargs, indices))
+
+    k = _jit_inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level)
     for layers, indices in _steps(layer):
-        step_kwargs = _step_kwargs(dynamic_kwargs, indices)
-        try:
-            k = _jit_transform(layers, static_kwargs, k, step_kwargs)
-        except ValueError:
-            if not indices:
-                raise
-            for sub, i, kw in zip(layers, indices, step_kwargs, strict=True):
-                try:  # find and name the layer that raised (errors come from checks at trace time)
-                    k = _jit_transform((sub,), static_kwargs, k, (kw,))
-                except ValueError as err:
-                    raise ValueError(f"serial: layer {i} ({type(sub).__name__}): {err}") from err
-            raise
+        k = _named_step(step, k, layers, indices)
     return k
+
+
+def _named_step(step, k, layers, indices):
+    """`step(k, layers, indices)`; a `ValueError` from a step of a `serial` names the layer that raised it."""
+    try:
+        return step(k, layers, indices)
+    except ValueError:
+        if not indices:
+            raise
+        for sub, i in zip(layers, indices, strict=True):
+            try:  # errors come from checks at trace time: retrace layer by layer to find the culprit
+                k = step(k, (sub,), (i,))
+            except ValueError as err:
+                raise ValueError(f"serial: layer {i} ({type(sub).__name__}): {err}") from err
+        raise
 
 
 _SPLIT_BYTES = 2 ** 28  # untiled `x2=None` calls estimated above this compute one triangle of blocks
@@ -202,31 +218,36 @@ def _state_bytes(k) -> int:
     return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(k))
 
 
-def estimate_peak_bytes(layer, x1, x2, diagonal_spatial, compute_ntk, static_kwargs, dynamic_kwargs) -> float:
+def estimate_peak_bytes(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level, static_kwargs,
+                        dynamic_kwargs) -> float:
     """Estimated peak memory of `_run` on these inputs, from the shapes of every step's kernel state."""
     abstract = lambda a: None if a is None else jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
     leaves, tree = jax.tree_util.tree_flatten(dynamic_kwargs)
-    return _estimate_cached(layer, abstract(x1), abstract(x2), diagonal_spatial, compute_ntk, static_kwargs,
-                            tuple(abstract(a) for a in leaves), tree)
+    return _estimate_cached(layer, abstract(x1), abstract(x2), diagonal_spatial, compute_ntk, cov_level,
+                            static_kwargs, tuple(abstract(a) for a in leaves), tree)
 
 
 @functools.lru_cache(maxsize=256)
-def _estimate_cached(layer, x1, x2, diagonal_spatial, compute_ntk, static_kwargs, leaves, tree) -> float:
+def _estimate_cached(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level, static_kwargs, leaves, tree) -> float:
     # Tracing every step costs ~30 ms for a small MLP; repeated calls on the same shapes reuse the estimate.
     dynamic_kwargs = jax.tree_util.tree_unflatten(tree, leaves)
-    k = jax.eval_shape(lambda a, b: _inputs(a, b, diagonal_spatial, compute_ntk), x1, x2)
+    def step(k, layers, indices):
+        return jax.eval_shape(lambda state, dyn: _transform(layers, static_kwargs, state, _step_kwargs(dyn, indices)),
+                              k, dynamic_kwargs)
+
+    k = jax.eval_shape(lambda a, b: _inputs(a, b, diagonal_spatial, compute_ntk, cov_level), x1, x2)
     peak = _state_bytes(k)
     for layers, indices in _steps(layer):
-        k = jax.eval_shape(lambda state, dyn, layers=layers, indices=indices: _transform(
-            layers, static_kwargs, state, _step_kwargs(dyn, indices)), k, dynamic_kwargs)
+        k = _named_step(step, k, layers, indices)
         peak = max(peak, _state_bytes(k))
     return MEMORY_OVERHEAD * peak
 
 
 def _batch_size_for(memory_limit, estimate, n1: int, n2: int) -> int:
     """The largest tile side whose estimated peak fits in `memory_limit` bytes."""
-    if isinstance(memory_limit, bool) or not isinstance(memory_limit, int | float) or not memory_limit > 0:
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, numbers.Real) or not float(memory_limit) > 0:
         raise ValueError(f"`memory_limit` must be a positive number of bytes or None, got {memory_limit!r}.")
+    memory_limit = float(memory_limit)
     lo, hi = 1, max(n1, n2)
     if estimate(lo) > memory_limit:
         raise ValueError(f"`memory_limit` of {memory_limit / 2**30:.3g} GiB is below the ~{estimate(lo) / 2**30:.3g} "
@@ -256,10 +277,12 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
                                  f"and {b.shape}.")
     diagonal_spatial = not layer.needs_full(True)
     compute_ntk = gets is None or "ntk" in gets
+    # the whole state comes back when `get` is None; otherwise only what later layers read
+    cov_level = layer.cov_needs(COV_FULL if gets is None else COV_NONE)
     dynamic, static = _split_kwargs(kwargs)
 
     def run(a, b):
-        return _run(layer, diagonal_spatial, compute_ntk, static, a, b, dynamic)
+        return _run(layer, diagonal_spatial, compute_ntk, cov_level, static, a, b, dynamic)
 
     single_array = not isinstance(x1, list)
     n1 = x1.shape[0] if single_array else 0
@@ -272,7 +295,7 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
         else:  # off-diagonal tiles carry both sides' own covariances
             other = x1 if x2 is None else x2
             c = jax.ShapeDtypeStruct((min(b, n2),) + other.shape[1:], other.dtype)
-        return estimate_peak_bytes(layer, a, c, diagonal_spatial, compute_ntk, static, dynamic)
+        return estimate_peak_bytes(layer, a, c, diagonal_spatial, compute_ntk, cov_level, static, dynamic)
 
     if memory_limit is not None:
         if batch_size is not None:
@@ -299,12 +322,12 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
     return _select(_tiled(run, x1, x2, batch_size, gets), gets, single)
 
 
-def _mirror(block: np.ndarray) -> np.ndarray:
+def _mirror_axes(ndim: int) -> list[int]:
     """`K(x_a, x_b) -> K(x_b, x_a)`: swap the batch axes and every interleaved spatial pair."""
     perm = [1, 0]
-    for a in range(2, block.ndim, 2):
+    for a in range(2, ndim, 2):
         perm += [a + 1, a]
-    return np.transpose(block, perm)
+    return perm
 
 
 def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str]):
@@ -315,18 +338,31 @@ def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str]):
         pairs = [(i, j) for i in range(len(rows)) for j in range(i, len(cols))]
     else:
         pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
-    outs: dict[str, np.ndarray] = {}
+    blocks: dict[str, dict[tuple[int, int], Any]] = {g: {} for g in gets}
     for i, j in pairs:
         r, c = rows[i], cols[j]
         state = run(x1[r], None) if (x2 is None and i == j) else run(x1[r], (x1 if x2 is None else x2)[c])
         if state.nngp.ndim > 2 and state.diagonal_spatial:
             raise ValueError("tiling expects full spatial covariances at the output.")
         for g in gets:
-            block = np.asarray(getattr(state, g))
-            if g not in outs:
-                outs[g] = np.empty((n1, n2) + block.shape[2:], dtype=block.dtype)
-            outs[g][r, c] = block
-            if x2 is None and i != j:
-                outs[g][c, r] = _mirror(block)
+            blocks[g][i, j] = getattr(state, g)
     # Tiles carry kernels only (per-example covariances are not assembled), hence a `Kernel`, not a state.
-    return Kernel(**{g: jnp.asarray(outs[g]) if g in outs else None for g in _GETS})
+    return Kernel(**{g: _assemble(blocks[g], rows, cols, x2 is None) if g in blocks else None for g in _GETS})
+
+
+def _assemble(blocks, rows, cols, mirror: bool):
+    """The `(N1, N2, ...)` kernel from tiles `(i, j)`; lower tiles mirrored from upper ones when `mirror`."""
+    if any(isinstance(b, jax.core.Tracer) for b in blocks.values()):  # under an outer `jit`: stay traced
+        def tile(i, j):
+            return blocks[i, j] if (i, j) in blocks else jnp.transpose(blocks[j, i], _mirror_axes(blocks[j, i].ndim))
+
+        return jnp.concatenate([jnp.concatenate([tile(i, j) for j in range(len(cols))], axis=1)
+                                for i in range(len(rows))], axis=0)
+    first = np.asarray(next(iter(blocks.values())))
+    out = np.empty((rows[-1].stop, cols[-1].stop) + first.shape[2:], dtype=first.dtype)
+    for (i, j), block in blocks.items():
+        block = np.asarray(block)
+        out[rows[i], cols[j]] = block
+        if mirror and i != j:
+            out[cols[j], rows[i]] = np.transpose(block, _mirror_axes(block.ndim))
+    return jnp.asarray(out)

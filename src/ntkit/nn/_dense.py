@@ -26,7 +26,8 @@ def check_state(k, layer: str) -> KernelState:
 
 def affine_kernel(k: KernelState, linear: Callable, W_std: float, b_std: float | None, parameterization: str,
                   fan_in: int, shape1: tuple, shape2: tuple) -> KernelState:
-    """Kernel of `z = W x + b` given the linear action `linear(array, n_batch)` of the layer on covariances.
+    """Kernel of `z = W x + b` given the linear action `linear(array, n_batch, diagonal)` of the layer on
+    covariances (see `KernelState.map`).
 
     NTK parameterization (THEORY.md §2): `Σ' = σ_w² A(Σ) + σ_b²`, `Θ' = Σ' + σ_w² A(Θ)`, where `A` is the identity
     for a dense layer and the same-offset window average for a convolution. Standard parameterization
@@ -45,7 +46,7 @@ def affine_kernel(k: KernelState, linear: Callable, W_std: float, b_std: float |
         else:
             ntk = fan_in * lin.nngp + (0.0 if b_std is None else 1.0) + W_std ** 2 * lin.ntk
     return k.replace(
-        nngp=nngp, ntk=ntk, cov1=W_std ** 2 * lin.cov1 + bias_var,
+        nngp=nngp, ntk=ntk, cov1=None if lin.cov1 is None else W_std ** 2 * lin.cov1 + bias_var,
         cov2=None if lin.cov2 is None else W_std ** 2 * lin.cov2 + bias_var,
         shape1=shape1, shape2=shape2, is_gaussian=True, is_input=False)
 
@@ -115,7 +116,7 @@ class Dense(Layer):
 
     def transform(self, k, **kwargs):
         k = check_state(k, "Dense")
-        return affine_kernel(k, lambda a, nb: a, self.W_std, self.b_std, self.parameterization,
+        return affine_kernel(k, lambda a, nb, diagonal: a, self.W_std, self.b_std, self.parameterization,
                              k.shape1[-1], k.shape1[:-1] + (self.out_dim,), k.shape2[:-1] + (self.out_dim,))
 
 

@@ -61,9 +61,11 @@ class Dropout(Layer):
         if self.mode == "test" or self.rate == 0:
             return k
         extra = 1 / (1 - self.rate) - 1
-        same = _same_position(k, k.cov1.dtype)
-        cov1 = k.cov1 * (1 + extra * same)
-        cov2 = None if k.cov2 is None else k.cov2 * (1 + extra * same)
+        same = _same_position(k, k.nngp.dtype)
+        # every entry of a diagonal-only covariance is at one position
+        factor_cov = 1 + extra * (jnp.ones((), k.nngp.dtype) if k.cov_is_diagonal else same)
+        cov1 = None if k.cov1 is None else k.cov1 * factor_cov
+        cov2 = None if k.cov2 is None else k.cov2 * factor_cov
         nngp, ntk = k.nngp, k.ntk
         if k.x1_is_x2:
             n = k.nngp.shape[0]

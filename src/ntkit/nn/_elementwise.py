@@ -19,7 +19,7 @@ import numpy as np
 from . import _special
 from ._core import Layer
 from ._dense import check_state
-from ._kernel import cross_variances, diagonal_variances, self_variances
+from ._kernel import COV_DIAGONAL, cross_variances, diagonal_variances, self_variances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,13 +116,17 @@ class Elementwise(Layer):
             what = "the raw inputs" if k.is_input else "a non-Gaussian activation"
             raise ValueError(f"{self.name} needs a Gaussian input (the output of a Dense or Conv layer), got "
                              f"{what}: its kernel is not a Gaussian expectation there.")
-        d1, d2 = diagonal_variances(k)
+        d1, d2 = diagonal_variances(k, self.name)
         v1, v2 = cross_variances(d1, d2, k)
         nngp = self._nngp(k.nngp, v1, v2)
         ntk = None if k.ntk is None else k.ntk * self._d_nngp(k.nngp, v1, v2)
-        cov1 = self._nngp(k.cov1, *self_variances(d1, k))
-        cov2 = None if k.cov2 is None else self._nngp(k.cov2, *self_variances(d2, k))
+        cov1, cov2 = k.covariances(self.name)
+        cov1 = self._nngp(cov1, *self_variances(d1, k))
+        cov2 = None if cov2 is None else self._nngp(cov2, *self_variances(d2, k))
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False, is_input=False)
+
+    def cov_needs(self, out_level: int) -> int:
+        return max(out_level, COV_DIAGONAL)  # the variances of its input
 
 
 def ElementwiseNumerical(fn: Callable, deg: int, df: Callable | None = None) -> Elementwise:
@@ -151,7 +155,9 @@ def _angle(cov12, var1, var2):
     s1, s2 = jnp.sqrt(var1), jnp.sqrt(var2)
     r1 = jnp.where(var1 > 0, 1 / jnp.where(var1 > 0, s1, 1), 0)
     r2 = jnp.where(var2 > 0, 1 / jnp.where(var2 > 0, s2, 1), 0)
-    cos = jnp.clip(cov12 * r1 * r2, -1, 1)
+    # |Σ₁₂| ≥ √(Σ₁₁Σ₂₂) marks perfectly correlated entries (each input with itself): exactly ±1 there, since the
+    # rounding of `Σ₁₂ r₁ r₂` would put θ ~ √ulp away from 0 and the NTK's (π − θ) term compounds with depth.
+    cos = jnp.where(cov12 * cov12 >= var1 * var2, jnp.sign(cov12), jnp.clip(cov12 * r1 * r2, -1, 1))
     sin = jnp.sqrt(jnp.maximum(1 - cos * cos, 0))
     return s1 * s2, cos, sin, _special.arccos(cos)
 

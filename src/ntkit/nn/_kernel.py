@@ -8,6 +8,11 @@ covariance (NNGP) `Σ`, the NTK `Θ` and each input's own covariance, in one of 
   `nngp` has shape `(N1, N2, S_1, S_1', ..., S_k, S_k')`, `cov1` `(N1, S_1, S_1', ...)`.
 
 A network ending in `Flatten` only ever needs the diagonal (THEORY.md §2); pooling and attention need the full one.
+
+The per-example covariances `cov1`, `cov2` are carried at one of three levels, the least that later layers read:
+`COV_FULL` (the layout of `nngp`), `COV_DIAGONAL` (positions `i = i'` only, `cov_diagonal=True`: nonlinearities
+read just the variances, so a network whose pooling output feeds no nonlinearity skips the rest) or `COV_NONE`
+(`cov1 = None`: nothing reads them, e.g. after the last nonlinearity before global pooling and the readout).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import string
 import jax
 import jax.numpy as jnp
 
+COV_NONE, COV_DIAGONAL, COV_FULL = 0, 1, 2
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelState:
@@ -26,8 +33,8 @@ class KernelState:
     Attributes:
       nngp: covariance `Σ(x1, x2)`, `(N1, N2, *spatial)` (layout above).
       ntk: NTK `Θ(x1, x2)`, same shape, or `None` when only the NNGP is requested.
-      cov1: `Σ(x1, x1)` per example, `(N1, *spatial)`.
-      cov2: `Σ(x2, x2)` per example, `(N2, *spatial)`, or `None` when `x2` is `x1`.
+      cov1: `Σ(x1, x1)` per example, `(N1, *spatial)`, or `None` when no later layer reads it.
+      cov2: `Σ(x2, x2)` per example, `(N2, *spatial)`, or `None` when `x2` is `x1` (or `cov1` is `None`).
       shape1: shape of the finite network's activations on `x1`, `(N1, *S, C)`: `C` is the width a finite
         network would have (needed by the standard parameterization and by channel concatenation).
       shape2: the same for `x2`.
@@ -35,11 +42,12 @@ class KernelState:
       is_gaussian: whether the activations are Gaussian (after an affine layer) so a nonlinearity may follow.
       is_input: whether no layer has been applied yet.
       x1_is_x2: whether `x2` is `x1` (then `Σ(x1, x2)` has the per-example variances on its diagonal).
+      cov_diagonal: whether `cov1`/`cov2` hold positions `i = i'` only while `nngp` holds all pairs.
     """
 
     nngp: jax.Array
     ntk: jax.Array | None
-    cov1: jax.Array
+    cov1: jax.Array | None
     cov2: jax.Array | None
     shape1: tuple[int, ...] = dataclasses.field(metadata={"static": True})
     shape2: tuple[int, ...] = dataclasses.field(metadata={"static": True})
@@ -47,6 +55,7 @@ class KernelState:
     is_gaussian: bool = dataclasses.field(default=False, metadata={"static": True})
     is_input: bool = dataclasses.field(default=False, metadata={"static": True})
     x1_is_x2: bool = dataclasses.field(default=False, metadata={"static": True})
+    cov_diagonal: bool = dataclasses.field(default=False, metadata={"static": True})
 
     def replace(self, **changes) -> KernelState:
         """A copy with some fields replaced."""
@@ -58,27 +67,47 @@ class KernelState:
         return len(self.shape1) - 2
 
     @property
-    def cov2_or_cov1(self) -> jax.Array:
+    def cov2_or_cov1(self) -> jax.Array | None:
         return self.cov1 if self.cov2 is None else self.cov2
+
+    @property
+    def cov_is_diagonal(self) -> bool:
+        """Whether `cov1`/`cov2` hold only positions `i = i'` (always so in the diagonal layout)."""
+        return self.diagonal_spatial or self.cov_diagonal
+
+    @property
+    def cov_level(self) -> int:
+        if self.cov1 is None:
+            return COV_NONE
+        return COV_DIAGONAL if self.cov_is_diagonal and self.n_spatial else COV_FULL
+
+    def covariances(self, layer: str) -> tuple[jax.Array, jax.Array | None]:
+        """`(cov1, cov2)` for a layer that reads them (an error names `layer` if they were not carried)."""
+        if self.cov1 is None:
+            raise ValueError(f"{layer} reads the per-example covariances, which were not carried (a layer reading "
+                             "them must declare it in `cov_needs`).")
+        return self.cov1, self.cov2
 
     def map(self, fn, ntk_fn=None) -> KernelState:
         """Applies the same linear map to `nngp`, `cov1`, `cov2` (with batch axes 2, 1, 1) and `ntk_fn` to `ntk`.
 
-        `fn(array, n_batch)` gets the number of leading batch axes.
+        `fn(array, n_batch, diagonal)` gets the number of leading batch axes and whether the array holds only
+        positions `i = i'`. Covariances not carried stay `None`.
         """
         ntk_fn = fn if ntk_fn is None else ntk_fn
+        diagonal = self.cov_is_diagonal
         return self.replace(
-            nngp=fn(self.nngp, 2),
-            ntk=None if self.ntk is None else ntk_fn(self.ntk, 2),
-            cov1=fn(self.cov1, 1),
-            cov2=None if self.cov2 is None else fn(self.cov2, 1),
+            nngp=fn(self.nngp, 2, self.diagonal_spatial),
+            ntk=None if self.ntk is None else ntk_fn(self.ntk, 2, self.diagonal_spatial),
+            cov1=None if self.cov1 is None else fn(self.cov1, 1, diagonal),
+            cov2=None if self.cov2 is None else fn(self.cov2, 1, diagonal),
         )
 
 
 jax.tree_util.register_dataclass(
     KernelState,
     data_fields=["nngp", "ntk", "cov1", "cov2"],
-    meta_fields=["shape1", "shape2", "diagonal_spatial", "is_gaussian", "is_input", "x1_is_x2"],
+    meta_fields=["shape1", "shape2", "diagonal_spatial", "is_gaussian", "is_input", "x1_is_x2", "cov_diagonal"],
 )
 
 
@@ -91,7 +120,8 @@ def interleave(a: str, b: str) -> str:
     return "".join(x + y for x, y in zip(a, b, strict=True))
 
 
-def input_state(x1: jax.Array, x2: jax.Array | None, diagonal_spatial: bool, compute_ntk: bool) -> KernelState:
+def input_state(x1: jax.Array, x2: jax.Array | None, diagonal_spatial: bool, compute_ntk: bool,
+                cov_level: int = COV_FULL) -> KernelState:
     """Kernel of the inputs: `Σ⁰(x, x')[i, i'] = Σ_c x[i, c] x'[i', c] / C`, `Θ⁰ = 0` (THEORY.md §2).
 
     Args:
@@ -99,27 +129,33 @@ def input_state(x1: jax.Array, x2: jax.Array | None, diagonal_spatial: bool, com
       x2: `(N2, *S, C)` or `None` for `x1`.
       diagonal_spatial: carry positions `i = i'` only.
       compute_ntk: also carry the NTK (else `ntk` is `None`).
+      cov_level: how much of the per-example covariances to carry (`COV_NONE`, `COV_DIAGONAL`, `COV_FULL`).
     """
     n = x1.ndim - 2
     c = x1.shape[-1]
     s1, s2 = spatial_letters(n)
     if diagonal_spatial:
-        out_cross, out_self = "XY" + s1, "X" + s1
+        out_cross = "XY" + s1
         side2 = "Y" + s1 + "z"
-        self2 = "X" + s1 + "z"
     else:
-        out_cross, out_self = "XY" + interleave(s1, s2), "X" + interleave(s1, s2)
+        out_cross = "XY" + interleave(s1, s2)
         side2 = "Y" + s2 + "z"
-        self2 = "X" + s2 + "z"
+    cov_diagonal = cov_level == COV_DIAGONAL and not diagonal_spatial
+    if diagonal_spatial or cov_diagonal:
+        out_self, self2 = "X" + s1, "X" + s1 + "z"
+    else:
+        out_self, self2 = "X" + interleave(s1, s2), "X" + s2 + "z"
     side1 = "X" + s1 + "z"
     other = x1 if x2 is None else x2
     nngp = jnp.einsum(f"{side1},{side2}->{out_cross}", x1, other) / c
-    cov1 = jnp.einsum(f"{side1},{self2}->{out_self}", x1, x1) / c
-    cov2 = None if x2 is None else jnp.einsum(f"{side1},{self2}->{out_self}", x2, x2) / c
+    cov1 = cov2 = None
+    if cov_level != COV_NONE:
+        cov1 = jnp.einsum(f"{side1},{self2}->{out_self}", x1, x1) / c
+        cov2 = None if x2 is None else jnp.einsum(f"{side1},{self2}->{out_self}", x2, x2) / c
     return KernelState(
         nngp=nngp, ntk=jnp.zeros_like(nngp) if compute_ntk else None, cov1=cov1, cov2=cov2,
         shape1=tuple(x1.shape), shape2=tuple(other.shape), diagonal_spatial=diagonal_spatial,
-        is_gaussian=False, is_input=True, x1_is_x2=x2 is None)
+        is_gaussian=False, is_input=True, x1_is_x2=x2 is None, cov_diagonal=cov_diagonal)
 
 
 def spatial_diagonal(cov: jax.Array, n_batch: int, n_spatial: int) -> jax.Array:
@@ -131,11 +167,13 @@ def spatial_diagonal(cov: jax.Array, n_batch: int, n_spatial: int) -> jax.Array:
     return cov
 
 
-def diagonal_variances(k: KernelState) -> tuple[jax.Array, jax.Array]:
+def diagonal_variances(k: KernelState, layer: str) -> tuple[jax.Array, jax.Array]:
     """Per-position variances of each example, `(N1, *S)` and `(N2, *S)` (`Σ(x, x)[i, i]`)."""
-    if k.diagonal_spatial:
-        return k.cov1, k.cov2_or_cov1
-    return spatial_diagonal(k.cov1, 1, k.n_spatial), spatial_diagonal(k.cov2_or_cov1, 1, k.n_spatial)
+    cov1, cov2 = k.covariances(layer)
+    cov2 = cov1 if cov2 is None else cov2
+    if k.cov_is_diagonal:
+        return cov1, cov2
+    return spatial_diagonal(cov1, 1, k.n_spatial), spatial_diagonal(cov2, 1, k.n_spatial)
 
 
 def cross_variances(d1: jax.Array, d2: jax.Array, k: KernelState) -> tuple[jax.Array, jax.Array]:
@@ -148,7 +186,7 @@ def cross_variances(d1: jax.Array, d2: jax.Array, k: KernelState) -> tuple[jax.A
 
 def self_variances(d: jax.Array, k: KernelState) -> tuple[jax.Array, jax.Array]:
     """`d` `(N, *S)` broadcast against one example's own covariance `(N, ...)`: `Σ₁₁` and `Σ₂₂` per entry."""
-    if k.diagonal_spatial:
+    if k.cov_is_diagonal:
         return d, d
     n = k.n_spatial
     return _spread(d, 1, n, first=True), _spread(d, 1, n, first=False)
@@ -159,3 +197,20 @@ def _spread(d: jax.Array, n_batch: int, n_spatial: int, first: bool) -> jax.Arra
     for a in range(n_spatial):
         d = jnp.expand_dims(d, n_batch + 2 * a + (1 if first else 0))
     return d
+
+
+def align_covariances(ks: list[KernelState]) -> list[KernelState]:
+    """Branches brought to the least carried covariance level among them (for fan-in layers)."""
+    level = min(k.cov_level for k in ks)
+    out = []
+    for k in ks:
+        if k.cov_level == level:
+            out.append(k)
+        elif level == COV_NONE:
+            out.append(k.replace(cov1=None, cov2=None, cov_diagonal=False))
+        else:  # full -> diagonal
+            n = k.n_spatial
+            cov1, cov2 = k.covariances("a fan-in layer")
+            out.append(k.replace(cov1=spatial_diagonal(cov1, 1, n),
+                                 cov2=None if cov2 is None else spatial_diagonal(cov2, 1, n), cov_diagonal=True))
+    return out

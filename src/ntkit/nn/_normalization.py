@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ._core import Layer
 from ._dense import check_state
-from ._kernel import cross_variances, diagonal_variances, self_variances
+from ._kernel import COV_DIAGONAL, cross_variances, diagonal_variances, self_variances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,8 @@ class LayerNorm(Layer):
         if not k.is_gaussian:
             raise ValueError("LayerNorm needs a centred Gaussian input (the output of a Dense or Conv layer, or a "
                              "sum of them); its kernel formula ignores the channel mean.")
-        d1, d2 = diagonal_variances(k)
+        d1, d2 = diagonal_variances(k, "LayerNorm")
+        cov1, cov2 = k.covariances("LayerNorm")
         v1, v2 = cross_variances(d1, d2, k)
         norm = jnp.sqrt(v1 * v2)
 
@@ -53,5 +54,8 @@ class LayerNorm(Layer):
             return cov / jnp.sqrt(a * b)
 
         return k.replace(nngp=k.nngp / norm, ntk=None if k.ntk is None else k.ntk / norm,
-                         cov1=self_norm(k.cov1, d1), cov2=None if k.cov2 is None else self_norm(k.cov2, d2),
+                         cov1=self_norm(cov1, d1), cov2=None if cov2 is None else self_norm(cov2, d2),
                          is_input=False)
+
+    def cov_needs(self, out_level: int) -> int:
+        return max(out_level, COV_DIAGONAL)  # the variances of its input

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ._core import Layer
 from ._dense import check_state
-from ._kernel import spatial_diagonal
+from ._kernel import COV_DIAGONAL, COV_FULL, COV_NONE, spatial_diagonal
 from ._windows import check_padding, out_size, window_sum
 
 
@@ -58,8 +58,9 @@ class _Pool(Layer):
             raise ValueError(f"{self._name} needs full spatial covariances; the kernel carries only the diagonal.")
         spatial = k.shape1[1:-1]
         scale = self._scale() ** 2
+        k = _drop_diagonal_covariances(k)
 
-        def linear(a, n_batch):
+        def linear(a, n_batch, diagonal):
             # independent windows on `i` and `i'`: one group per axis, all summed in one pass
             axes = tuple((n_batch + ax,) for ax in range(2 * len(spatial)))
             twice = lambda t: tuple(v for v in t for _ in range(2))  # noqa: E731
@@ -70,6 +71,21 @@ class _Pool(Layer):
 
     def needs_full(self, out_full: bool) -> bool:
         return True
+
+    def cov_needs(self, out_level: int) -> int:
+        return _mixing_cov_needs(out_level)
+
+
+def _mixing_cov_needs(out_level: int) -> int:
+    """A layer mixing positions needs full per-example covariances to produce any of its own."""
+    return COV_FULL if out_level >= COV_DIAGONAL else COV_NONE
+
+
+def _drop_diagonal_covariances(k):
+    """Diagonal-only covariances cannot be pooled; they arrive only when nothing after reads the result."""
+    if k.cov_level == COV_DIAGONAL:
+        return k.replace(cov1=None, cov2=None, cov_diagonal=False)
+    return k
 
 
 class AvgPool(_Pool):
@@ -115,11 +131,15 @@ class GlobalAvgPool(Layer):
             raise ValueError(f"{type(self).__name__} needs full spatial covariances; the kernel carries only the "
                              "diagonal.")
         reduce = jnp.mean if self._average else jnp.sum
-        return k.map(lambda a, nb: reduce(a, _spatial_axes(k, nb))).replace(
+        k = _drop_diagonal_covariances(k)
+        return k.map(lambda a, nb, diagonal: reduce(a, _spatial_axes(k, nb))).replace(
             shape1=(k.shape1[0], k.shape1[-1]), shape2=(k.shape2[0], k.shape2[-1]), is_input=False)
 
     def needs_full(self, out_full: bool) -> bool:
         return True
+
+    def cov_needs(self, out_level: int) -> int:
+        return _mixing_cov_needs(out_level)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,13 +167,16 @@ class Flatten(Layer):
         k = check_state(k, "Flatten")
         n = k.n_spatial
 
-        def flat(a, nb):
-            if not k.diagonal_spatial:
+        def flat(a, nb, diagonal):
+            if not diagonal:
                 a = spatial_diagonal(a, nb, n)
             return jnp.mean(a, tuple(range(nb, nb + n)))
 
         return k.map(flat).replace(shape1=self.init(None, k.shape1)[0], shape2=self.init(None, k.shape2)[0],
-                                   is_input=False)
+                                   is_input=False, cov_diagonal=False)
 
     def needs_full(self, out_full: bool) -> bool:
         return False
+
+    def cov_needs(self, out_level: int) -> int:
+        return COV_DIAGONAL if out_level >= COV_DIAGONAL else COV_NONE
