@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from .._empirical import Kernel, _chunks, _split_kwargs
 from ._kernel import COV_FULL, COV_NONE, KernelState, input_state
@@ -341,7 +342,7 @@ def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str]):
     else:
         pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
     blocks: dict[str, dict[tuple[int, int], Any]] = {g: {} for g in gets}
-    for i, j in pairs:
+    for i, j in tqdm(pairs, desc="kernel tiles", disable=None, leave=False):  # shown on a terminal only
         r, c = rows[i], cols[j]
         state = run(x1[r], None) if (x2 is None and i == j) else run(x1[r], (x1 if x2 is None else x2)[c])
         if state.nngp.ndim > 2 and state.diagonal_spatial:
