@@ -66,6 +66,25 @@ def test_tiled_equals_untiled(with_x2, dtype):
     assert_close(tiled.ntk, whole.ntk, dtype, scale=10)
 
 
+@pytest.mark.parametrize("readout", ["gap", "flatten"])
+@pytest.mark.parametrize("with_x2", [False, True])
+def test_tiled_state_equals_untiled_state(readout, with_x2, dtype):
+    """`get=None` with tiles assembles the whole state: kernels, per-example covariances, shapes and flags."""
+    head = stax.GlobalAvgPool() if readout == "gap" else stax.Flatten()
+    net = stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.Conv(4, (2, 2)), head, stax.Dense(3))
+    x1 = _images(dtype, (7, 5, 4, 2))
+    x2 = _images(dtype, (5, 5, 4, 2), seed=3) if with_x2 else None
+    whole = net.kernel(x1, x2, None)
+    tiled = net.kernel(x1, x2, None, batch_size=3)
+    for field in ("nngp", "ntk", "cov1", "cov2"):
+        a, b = getattr(tiled, field), getattr(whole, field)
+        assert (a is None) == (b is None), field
+        if b is not None:
+            assert_close(a, b, dtype, scale=10)
+    static = ("shape1", "shape2", "diagonal_spatial", "is_gaussian", "is_input", "x1_is_x2", "cov_diagonal")
+    assert [getattr(tiled, f) for f in static] == [getattr(whole, f) for f in static]
+
+
 def _residual_gap():
     block = stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), stax.serial(
         stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.Conv(4, (3, 3), padding="SAME"))), stax.FanInSum())
@@ -145,8 +164,8 @@ def test_memory_limit_tiles_within_the_limit(with_x2, dtype, monkeypatch):
         net.kernel(x1, x2, "nngp", memory_limit=1e9, batch_size=2)
     with pytest.raises(ValueError, match="memory_limit"):
         net.kernel(x1, x2, "nngp", memory_limit=-1)
-    with pytest.raises(ValueError, match="get"):
-        net.kernel(x1, x2, None, memory_limit=pair * 4)
+    state = net.kernel(x1, x2, None, memory_limit=pair * 4)  # the whole state, tiled
+    assert_close(state.nngp, whole.nngp, dtype, scale=10)
 
 
 def test_large_symmetric_calls_compute_one_triangle(dtype, monkeypatch):

@@ -70,7 +70,8 @@ class Layer:
           get: `"nngp"`, `"ntk"`, a tuple of them (a `Kernel(nngp, ntk)` named tuple comes back) or `None` (the
             whole `KernelState`).
           batch_size: compute the `(N1, N2)` kernel in tiles of this many examples per side; with `x2=None` only
-            tiles on and above the diagonal are computed. Tiled and untiled results agree.
+            tiles on and above the diagonal are computed. Tiled and untiled results agree (with `get=None`, the
+            per-example covariances are taken from the tiles too).
           memory_limit: bytes the kernel's arrays may use: the largest tiles whose estimated peak (every layer's
             kernel state for the tile, times `MEMORY_OVERHEAD` for the step's input, output and temporaries) fits
             are used. JAX itself (~0.25 GB) and XLA's compiler come on top: for Myrtle-5 on 32x32 images the process
@@ -308,9 +309,6 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
         batch_size = _batch_size_for(memory_limit, estimate, n1, n2)
         if batch_size >= max(n1, n2):
             batch_size = None
-        elif gets is None:
-            raise ValueError(f"`memory_limit` needs tiles of {batch_size} examples here, and tiling needs `get` set "
-                             "('nngp', 'ntk' or a tuple).")
     elif (batch_size is None and x2 is None and gets is not None and single_array and n1 >= 2
           and not isinstance(x1, jax.core.Tracer) and estimate(n1) >= _SPLIT_BYTES):
         # Σ(x, x) is symmetric: compute the two diagonal blocks and one off-diagonal block, mirror the fourth
@@ -320,8 +318,8 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
         return _select(run(x1, x2), gets, single)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
-    if gets is None or isinstance(x1, list):
-        raise ValueError("`batch_size` needs `get` set ('nngp', 'ntk' or a tuple) and a single input array.")
+    if isinstance(x1, list):
+        raise ValueError("`batch_size` needs a single input array (not a list).")
     return _select(_tiled(run, x1, x2, batch_size, gets), gets, single)
 
 
@@ -333,7 +331,8 @@ def _mirror_axes(ndim: int) -> list[int]:
     return perm
 
 
-def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str]):
+def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str] | None):
+    """The kernel in tiles; with `gets` None the whole state, per-example covariances taken from the tiles."""
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     rows, cols = _chunks(n1, batch_size), _chunks(n2, batch_size)
@@ -341,16 +340,29 @@ def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str]):
         pairs = [(i, j) for i in range(len(rows)) for j in range(i, len(cols))]
     else:
         pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
-    blocks: dict[str, dict[tuple[int, int], Any]] = {g: {} for g in gets}
+    fields = _GETS if gets is None else tuple(gets)
+    blocks: dict[str, dict[tuple[int, int], Any]] = {g: {} for g in fields}
+    covs1: dict[int, Any] = {}
+    covs2: dict[int, Any] = {}
     for i, j in tqdm(pairs, desc="kernel tiles", disable=None, leave=False):  # shown on a terminal only
         r, c = rows[i], cols[j]
         state = run(x1[r], None) if (x2 is None and i == j) else run(x1[r], (x1 if x2 is None else x2)[c])
         if state.nngp.ndim > 2 and state.diagonal_spatial:
             raise ValueError("tiling expects full spatial covariances at the output.")
-        for g in gets:
-            blocks[g][i, j] = getattr(state, g)
-    # Tiles carry kernels only (per-example covariances are not assembled), hence a `Kernel`, not a state.
-    return Kernel(**{g: _assemble(blocks[g], rows, cols, x2 is None) if g in blocks else None for g in _GETS})
+        for g in fields:
+            if getattr(state, g) is not None:
+                blocks[g][i, j] = getattr(state, g)
+        covs1.setdefault(i, state.cov1)
+        if x2 is not None:
+            covs2.setdefault(j, state.cov2)
+    kernels = {g: _assemble(blocks[g], rows, cols, x2 is None) if blocks.get(g) else None for g in _GETS}
+    if gets is not None:
+        return Kernel(**kernels)
+    concat = lambda parts: None if any(p is None for p in parts) else jnp.concatenate(parts)  # noqa: E731
+    return state.replace(
+        nngp=kernels["nngp"], ntk=kernels["ntk"], cov1=concat([covs1[i] for i in range(len(rows))]),
+        cov2=None if x2 is None else concat([covs2[j] for j in range(len(cols))]),
+        shape1=(n1,) + state.shape1[1:], shape2=(n2,) + state.shape2[1:], x1_is_x2=x2 is None)
 
 
 def _assemble(blocks, rows, cols, mirror: bool):
