@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ._core import Layer
 from ._dense import check_state
-from ._kernel import COV_DIAGONAL, COV_FULL, COV_NONE
+from ._kernel import drop_diagonal_covariances, mixing_cov_needs
 
 _MECHANISMS = ("SOFTMAX", "IDENTITY")
 
@@ -110,8 +110,7 @@ class GlobalSelfAttention(Layer):
             """Mean over all position pairs, kept as size-1 axes to broadcast back to every pair."""
             return jnp.mean(a, tuple(range(nb, nb + 2 * n)), keepdims=True)
 
-        if k.cov_level == COV_DIAGONAL:  # arrives only when nothing after reads the result (see `cov_needs`)
-            k = k.replace(cov1=None, cov2=None, cov_diagonal=False)
+        k = drop_diagonal_covariances(k)
         shapes = dict(shape1=k.shape1[:-1] + (self.n_chan_out,), shape2=k.shape2[:-1] + (self.n_chan_out,),
                       is_gaussian=True, is_input=False)
         if self.linear_scaling and self.attention_mechanism == "IDENTITY":
@@ -146,4 +145,4 @@ class GlobalSelfAttention(Layer):
         return True
 
     def cov_needs(self, out_level: int) -> int:
-        return COV_FULL if out_level >= COV_DIAGONAL else COV_NONE
+        return mixing_cov_needs(out_level)

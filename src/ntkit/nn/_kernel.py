@@ -199,6 +199,21 @@ def _spread(d: jax.Array, n_batch: int, n_spatial: int, first: bool) -> jax.Arra
     return d
 
 
+def without_covariances(k: KernelState) -> KernelState:
+    return k.replace(cov1=None, cov2=None, cov_diagonal=False)
+
+
+def mixing_cov_needs(out_level: int) -> int:
+    """`cov_needs` of a layer mixing positions: full covariances in to produce any covariances out."""
+    return COV_FULL if out_level >= COV_DIAGONAL else COV_NONE
+
+
+def drop_diagonal_covariances(k: KernelState) -> KernelState:
+    """What a position-mixing layer reads: diagonal-only covariances cannot be mixed, and by `mixing_cov_needs`
+    they arrive only when nothing after reads the result."""
+    return without_covariances(k) if k.cov_level == COV_DIAGONAL else k
+
+
 def align_covariances(ks: list[KernelState]) -> list[KernelState]:
     """Branches brought to the least carried covariance level among them (for fan-in layers)."""
     level = min(k.cov_level for k in ks)
@@ -207,7 +222,7 @@ def align_covariances(ks: list[KernelState]) -> list[KernelState]:
         if k.cov_level == level:
             out.append(k)
         elif level == COV_NONE:
-            out.append(k.replace(cov1=None, cov2=None, cov_diagonal=False))
+            out.append(without_covariances(k))
         else:  # full -> diagonal
             n = k.n_spatial
             cov1, cov2 = k.covariances("a fan-in layer")

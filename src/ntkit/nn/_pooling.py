@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ._core import Layer
 from ._dense import check_state
-from ._kernel import COV_DIAGONAL, COV_FULL, COV_NONE, spatial_diagonal
+from ._kernel import COV_DIAGONAL, COV_NONE, drop_diagonal_covariances, mixing_cov_needs, spatial_diagonal
 from ._windows import check_padding, out_size, window_sum
 
 
@@ -58,7 +58,7 @@ class _Pool(Layer):
             raise ValueError(f"{self._name} needs full spatial covariances; the kernel carries only the diagonal.")
         spatial = k.shape1[1:-1]
         scale = self._scale() ** 2
-        k = _drop_diagonal_covariances(k)
+        k = drop_diagonal_covariances(k)
 
         def linear(a, n_batch, diagonal):
             # independent windows on `i` and `i'`: one group per axis, all summed in one pass
@@ -73,19 +73,7 @@ class _Pool(Layer):
         return True
 
     def cov_needs(self, out_level: int) -> int:
-        return _mixing_cov_needs(out_level)
-
-
-def _mixing_cov_needs(out_level: int) -> int:
-    """A layer mixing positions needs full per-example covariances to produce any of its own."""
-    return COV_FULL if out_level >= COV_DIAGONAL else COV_NONE
-
-
-def _drop_diagonal_covariances(k):
-    """Diagonal-only covariances cannot be pooled; they arrive only when nothing after reads the result."""
-    if k.cov_level == COV_DIAGONAL:
-        return k.replace(cov1=None, cov2=None, cov_diagonal=False)
-    return k
+        return mixing_cov_needs(out_level)
 
 
 class AvgPool(_Pool):
@@ -131,7 +119,7 @@ class GlobalAvgPool(Layer):
             raise ValueError(f"{type(self).__name__} needs full spatial covariances; the kernel carries only the "
                              "diagonal.")
         reduce = jnp.mean if self._average else jnp.sum
-        k = _drop_diagonal_covariances(k)
+        k = drop_diagonal_covariances(k)
         return k.map(lambda a, nb, diagonal: reduce(a, _spatial_axes(k, nb))).replace(
             shape1=(k.shape1[0], k.shape1[-1]), shape2=(k.shape2[0], k.shape2[-1]), is_input=False)
 
@@ -139,7 +127,7 @@ class GlobalAvgPool(Layer):
         return True
 
     def cov_needs(self, out_level: int) -> int:
-        return _mixing_cov_needs(out_level)
+        return mixing_cov_needs(out_level)
 
 
 @dataclasses.dataclass(frozen=True)
