@@ -71,9 +71,9 @@ def _worker(case: str, implementation: str, repeats: int, max_seconds: float) ->
     import jax
 
     import ntkit
-    from ntkit._axes import KernelLayout
-    from ntkit._cost import estimate_costs
-    from ntkit._model import Model
+    from ntkit._layout import KernelLayout
+    from ntkit.empirical._cost import estimate_costs
+    from ntkit.empirical._model import Model
 
     f, params, x1, x2, trace_axes, jacobian_batch = _case(case)
     jax.block_until_ready((x1, x2, params))

@@ -9,7 +9,7 @@ import pytest
 
 import ntkit
 import ntkit.nn as stax
-from ntkit.nn._kernel import COV_DIAGONAL, COV_FULL, COV_NONE, input_state
+from ntkit.nn._state import COV_DIAGONAL, COV_FULL, COV_NONE, input_state
 from tests.tolerance import assert_close
 
 
@@ -42,7 +42,7 @@ def test_full_layout_diagonal_matches_diagonal_layout(dtype):
     diag = jax.jit(lambda a: body.transform(input_state(a, None, True, True)))(x)
     full = body.kernel(x, None, None)
     assert full.nngp.shape == (3, 3, 2, 2, 4, 4)
-    from ntkit.nn._kernel import spatial_diagonal
+    from ntkit.nn._state import spatial_diagonal
     assert_close(spatial_diagonal(full.nngp, 2, 2), diag.nngp, dtype, scale=10)
     assert_close(spatial_diagonal(full.cov1, 1, 2), diag.cov1, dtype, scale=10)
 
@@ -135,7 +135,7 @@ def test_covariances_carried_only_as_far_as_read(name, with_x2, dtype):
 @pytest.mark.parametrize("with_x2", [False, True])
 def test_memory_limit_tiles_within_the_limit(with_x2, dtype, monkeypatch):
     """`memory_limit` picks the largest even tiles whose estimated peak fits, and gives the untiled result."""
-    from ntkit.nn import _core
+    from ntkit.nn import _driver
 
     net = stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.AvgPool((2, 2), (2, 2)),
                       stax.Flatten(), stax.Dense(1))
@@ -149,8 +149,8 @@ def test_memory_limit_tiles_within_the_limit(with_x2, dtype, monkeypatch):
 
     pair = tile_bytes(1)
     sizes = []
-    tiled = _core._tiled
-    monkeypatch.setattr(_core, "_tiled", lambda run, a, b, size, gets: sizes.append(size) or tiled(run, a, b, size,
+    tiled = _driver._tiled
+    monkeypatch.setattr(_driver, "_tiled", lambda run, a, b, size, gets: sizes.append(size) or tiled(run, a, b, size,
                                                                                                   gets))
     out = net.kernel(x1, x2, ("nngp", "ntk"), memory_limit=tile_bytes(2))  # a 2 x 2 tile fits, 3 x 3 does not
     assert sizes == [2]
@@ -170,16 +170,16 @@ def test_memory_limit_tiles_within_the_limit(with_x2, dtype, monkeypatch):
 
 def test_large_symmetric_calls_compute_one_triangle(dtype, monkeypatch):
     """Untiled `x2=None` calls above `_SPLIT_BYTES` compute 3 of 4 blocks; the result is unchanged, also in jit."""
-    from ntkit.nn import _core
+    from ntkit.nn import _driver
 
     net = stax.serial(stax.Dense(16, b_std=0.1), stax.Relu(), stax.Dense(1))
     x = _images(dtype, (7, 4))
     reference = net.kernel(x, x, ("nngp", "ntk"))
     sizes = []
-    tiled = _core._tiled
-    monkeypatch.setattr(_core, "_tiled", lambda run, a, b, size, gets: sizes.append(size) or tiled(run, a, b, size,
+    tiled = _driver._tiled
+    monkeypatch.setattr(_driver, "_tiled", lambda run, a, b, size, gets: sizes.append(size) or tiled(run, a, b, size,
                                                                                                   gets))
-    monkeypatch.setattr(_core, "_SPLIT_BYTES", 0)
+    monkeypatch.setattr(_driver, "_SPLIT_BYTES", 0)
     out = net.kernel(x, None, ("nngp", "ntk"))
     assert sizes == [4]
     assert_close(out.nngp, reference.nngp, dtype, scale=10)

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ntkit
 import ntkit.nn as stax
-from ntkit.nn._kernel import input_state
+from ntkit.nn._state import input_state
 
 WIDTH = 256
 N_SAMPLES = 32
@@ -31,7 +32,7 @@ def _rel(a, b) -> float:
 def check_mc(net, x, n_samples, bound, x2=None, gets=("nngp", "ntk"), implementation="auto", **kwargs):
     init_fn, apply_fn, kernel_fn = net
     analytic = kernel_fn(x, x2, gets)
-    mc = stax.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.key(42), n_samples,
+    mc = ntkit.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.key(42), n_samples,
                                     implementation=implementation)(x, x2, gets, **kwargs)
     for g in gets:
         a, m = getattr(analytic, g), getattr(mc, g)

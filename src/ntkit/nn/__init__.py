@@ -1,7 +1,7 @@
 """Analytic infinite-width NNGP and NTK of neural networks, layer by layer (`import ntkit.nn as stax`).
 
 Each layer unpacks as `init_fn, apply_fn, kernel_fn`, as in neural-tangents' `stax`: `init_fn` and `apply_fn`
-build the finite network, `kernel_fn` its infinite-width kernels (THEORY.md §2).
+build the finite network, `kernel_fn` its infinite-width kernels (docs/theory.md §2).
 """
 
 from ._attention import GlobalSelfAttention as GlobalSelfAttention
@@ -14,7 +14,6 @@ from ._combinators import parallel as parallel
 from ._combinators import repeat as repeat
 from ._combinators import serial as serial
 from ._conv import Conv as Conv
-from ._core import Layer as Layer
 from ._dense import Dense as Dense
 from ._dropout import Dropout as Dropout
 from ._elementwise import ABRelu as ABRelu
@@ -36,11 +35,11 @@ from ._elementwise import Sigmoid_like as Sigmoid_like
 from ._elementwise import Sign as Sign
 from ._elementwise import Sin as Sin
 from ._elementwise import gauss_hermite_2d as gauss_hermite_2d
-from ._kernel import KernelState as KernelState
-from ._monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn
+from ._layer import Layer as Layer
 from ._normalization import LayerNorm as LayerNorm
 from ._pooling import AvgPool as AvgPool
 from ._pooling import Flatten as Flatten
 from ._pooling import GlobalAvgPool as GlobalAvgPool
 from ._pooling import GlobalSumPool as GlobalSumPool
 from ._pooling import SumPool as SumPool
+from ._state import KernelState as KernelState

@@ -8,9 +8,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._core import Layer
-from ._dense import check_state
-from ._kernel import drop_diagonal_covariances, mixing_cov_needs
+from ._layer import Layer
+from ._state import CovLevel, check_state, drop_diagonal_covariances, mixing_cov_needs
 
 _MECHANISMS = ("SOFTMAX", "IDENTITY")
 
@@ -144,5 +143,5 @@ class GlobalSelfAttention(Layer):
     def needs_full(self, out_full: bool) -> bool:
         return True
 
-    def cov_needs(self, out_level: int) -> int:
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
         return mixing_cov_needs(out_level)

@@ -1,6 +1,6 @@
 """Combinators: `serial`, `parallel`, fan-out, fan-in (sum, concatenation, product), `Identity`, `repeat`.
 
-Branches carry independent weights, so kernels of a sum add and kernels of a product multiply (THEORY.md §2).
+Branches carry independent weights, so kernels of a sum add and kernels of a product multiply (docs/theory.md §2).
 A list of kernel states (one per branch) flows between `FanOut`/`parallel` and a `FanIn*` layer.
 """
 
@@ -11,9 +11,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ._core import Layer
-from ._dense import check_state
-from ._kernel import KernelState, align_covariances
+from .._kwargs import fold_rng
+from ._driver import fused_segments
+from ._layer import Layer
+from ._state import CovLevel, KernelState, align_covariances, check_state
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -40,13 +41,13 @@ class serial(Layer):  # noqa: N801 -- stax name
 
     def apply(self, params, x, **kwargs):
         for i, (layer, p) in enumerate(zip(self.layers, params, strict=True)):
-            x = layer.apply(p, x, **_fold_rng(kwargs, i))
+            x = layer.apply(p, x, **fold_rng(kwargs, i))
         return x
 
     def transform(self, k, **kwargs):
         for i, layer in enumerate(self.layers):
             try:
-                k = layer.transform(k, **_fold_rng(kwargs, i))
+                k = layer.transform(k, **fold_rng(kwargs, i))
             except ValueError as err:
                 raise ValueError(f"serial: layer {i} ({type(layer).__name__}): {err}") from err
         return k
@@ -56,17 +57,15 @@ class serial(Layer):  # noqa: N801 -- stax name
             out_full = layer.needs_full(out_full)
         return out_full
 
-    def cov_needs(self, out_level: int) -> int:
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
         for layer in reversed(self.layers):
             out_level = layer.cov_needs(out_level)
         return out_level
 
-
-def _fold_rng(kwargs: dict, i: int) -> dict:
-    """Distinct `rng` per sub-layer (dropout masks independent across layers)."""
-    if kwargs.get("rng") is None:
-        return kwargs
-    return dict(kwargs, rng=jax.random.fold_in(kwargs["rng"], i))
+    def compiled_steps(self) -> list[tuple[tuple[Layer, ...], tuple[int, ...]]]:
+        """One compiled step per layer, or per affine layer with the nonlinearity after it."""
+        segments = fused_segments([layer.pointwise for layer in self.layers])
+        return [(tuple(self.layers[i] for i in segment), segment) for segment in segments]
 
 
 def repeat(layer: Layer, n: int) -> serial:
@@ -97,18 +96,18 @@ class parallel(Layer):  # noqa: N801 -- stax name
 
     def apply(self, params, x, **kwargs):
         self._check(x, "inputs")
-        return [layer.apply(p, xi, **_fold_rng(kwargs, i))
+        return [layer.apply(p, xi, **fold_rng(kwargs, i))
                 for i, (layer, p, xi) in enumerate(zip(self.layers, params, x, strict=True))]
 
     def transform(self, k, **kwargs):
         self._check(k, "kernels")
         pairs = enumerate(zip(self.layers, k, strict=True))
-        return [layer.transform(ki, **_fold_rng(kwargs, i)) for i, (layer, ki) in pairs]
+        return [layer.transform(ki, **fold_rng(kwargs, i)) for i, (layer, ki) in pairs]
 
     def needs_full(self, out_full: bool) -> bool:
         return any(layer.needs_full(out_full) for layer in self.layers)
 
-    def cov_needs(self, out_level: int) -> int:
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
         return max(layer.cov_needs(out_level) for layer in self.layers)
 
 

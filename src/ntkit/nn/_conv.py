@@ -8,8 +8,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._core import Layer
-from ._dense import affine_kernel, affine_scales, check_parameterization, check_state, init_affine
+from ._dense import affine_kernel, affine_scales, check_parameterization, init_affine
+from ._layer import Layer
+from ._state import check_state
 from ._windows import check_padding, out_size, pads, window_sum
 
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
@@ -20,7 +21,7 @@ class Conv(Layer):
     """Convolution over the spatial axes of `(N, *S, C)` inputs, the same filter at every position.
 
     Finite layer (NTK parameterization): `z[i] = σ_w/√(q C) Σ_{j, c} W[j, c] x[s·i + j, c] + σ_b b`, with `q` the
-    filter size. Kernel (THEORY.md §2; Novak et al. 2019, Garriga-Alonso et al. 2019):
+    filter size. Kernel (docs/theory.md §2; Novak et al. 2019, Garriga-Alonso et al. 2019):
     `Σ'[i, i'] = σ_w²/q Σ_j Σ[s·i + j, s·i' + j] + σ_b²` — the same offset on both sides — and `Θ'` likewise plus
     `Σ'`. With diagonal-only covariances this is a box filter over `Σ[i, i]`.
 

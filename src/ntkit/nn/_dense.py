@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import jax
 
-from ._core import Layer
-from ._kernel import KernelState
+from ._layer import Layer
+from ._state import KernelState, check_state
 
 _PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -18,18 +18,12 @@ def check_parameterization(parameterization: str) -> None:
         raise ValueError(f"`parameterization` must be one of {_PARAMETERIZATIONS}, got {parameterization!r}.")
 
 
-def check_state(k, layer: str) -> KernelState:
-    if not isinstance(k, KernelState):
-        raise ValueError(f"{layer} takes one input; got {type(k).__name__} (use a FanIn* layer to merge branches).")
-    return k
-
-
 def affine_kernel(k: KernelState, linear: Callable, W_std: float, b_std: float | None, parameterization: str,
                   fan_in: int, shape1: tuple, shape2: tuple) -> KernelState:
     """Kernel of `z = W x + b` given the linear action `linear(array, n_batch, diagonal)` of the layer on
     covariances (see `KernelState.map`).
 
-    NTK parameterization (THEORY.md §2): `Σ' = σ_w² A(Σ) + σ_b²`, `Θ' = Σ' + σ_w² A(Θ)`, where `A` is the identity
+    NTK parameterization (docs/theory.md §2): `Σ' = σ_w² A(Σ) + σ_b²`, `Θ' = Σ' + σ_w² A(Θ)`, where `A` is the identity
     for a dense layer and the same-offset window average for a convolution. Standard parameterization
     (`W ~ N(0, σ_w²/n)`, `b ~ N(0, σ_b²)` trained directly): same `Σ'`, `Θ' = n A(Σ) + 1 + σ_w² A(Θ)` with `n` the
     fan-in, so the NTK grows with the width of the layer's input (the `+1` is the bias gradient, absent when

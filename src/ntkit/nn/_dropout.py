@@ -7,8 +7,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ._core import Layer
-from ._dense import check_state
+from ._layer import Layer
+from ._state import check_state
 
 _MODES = ("train", "test")
 

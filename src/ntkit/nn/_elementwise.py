@@ -1,7 +1,7 @@
 """Elementwise nonlinearities: closed-form Gaussian expectations, or 2-D Gauss–Hermite quadrature.
 
 For a Gaussian pair `(u, v)` with covariance `[[Σ₁₁, Σ₁₂], [Σ₁₂, Σ₂₂]]` a nonlinearity `φ` maps the kernel as
-`Σ' = E[φ(u) φ(v)]`, `Θ' = Θ · E[φ'(u) φ'(v)]` (THEORY.md §2). Each activation is one function `φ`, one
+`Σ' = E[φ(u) φ(v)]`, `Θ' = Θ · E[φ'(u) φ'(v)]` (docs/theory.md §2). Each activation is one function `φ`, one
 `nngp_fn(Σ₁₂, Σ₁₁, Σ₂₂)` and optionally one `d_nngp_fn` for `E[φ'φ']`; when that is missing it comes from Price's
 theorem, `E[φ'(u)φ'(v)] = ∂E[φ(u)φ(v)]/∂Σ₁₂`, by autodiff.
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import _special
-from ._core import Layer
-from ._dense import check_state
-from ._kernel import COV_DIAGONAL, cross_variances, diagonal_variances, self_variances
+from ._layer import Layer
+from ._state import COV_DIAGONAL, CovLevel, check_state, cross_variances, diagonal_variances, self_variances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,8 @@ class Elementwise(Layer):
     quadrature_degree: int = 25
     name: str = "Elementwise"
 
+    pointwise: ClassVar[bool] = True
+
     def init(self, key, input_shape):
         return tuple(input_shape), ()
 
@@ -125,7 +127,7 @@ class Elementwise(Layer):
         cov2 = None if cov2 is None else self._nngp(cov2, *self_variances(d2, k))
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False, is_input=False)
 
-    def cov_needs(self, out_level: int) -> int:
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
         return max(out_level, COV_DIAGONAL)  # the variances of its input
 
 
@@ -184,7 +186,7 @@ def ABRelu(a: float, b: float) -> Elementwise:
 
 
 def Relu() -> Elementwise:
-    """`max(x, 0)`, the arc-cosine kernel of degree 1 (THEORY.md §2)."""
+    """`max(x, 0)`, the arc-cosine kernel of degree 1 (docs/theory.md §2)."""
     return ABRelu(0.0, 1.0)
 
 

@@ -6,9 +6,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from ._core import Layer
-from ._dense import check_state
-from ._kernel import COV_DIAGONAL, cross_variances, diagonal_variances, self_variances
+from ._layer import Layer
+from ._state import COV_DIAGONAL, CovLevel, check_state, cross_variances, diagonal_variances, self_variances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +15,7 @@ class LayerNorm(Layer):
     """`y = (x − mean_c x) / √(var_c x + ε)` over the channel axis.
 
     On a centred Gaussian input of infinite width the channel mean tends to 0 and the channel variance to `Σ₁₁`,
-    so `Σ'[i, i'] = Σ[i, i'] / √(Σ₁₁[i] Σ₂₂[i'])` and `Θ'` likewise (THEORY.md §2; Ba et al. 2016). A non-Gaussian
+    so `Σ'[i, i'] = Σ[i, i'] / √(Σ₁₁[i] Σ₂₂[i'])` and `Θ'` likewise (docs/theory.md §2; Ba et al. 2016). A non-Gaussian
     input (after a ReLU, say) has a non-zero channel mean, which this formula ignores: that raises.
 
     Args:
@@ -57,5 +56,5 @@ class LayerNorm(Layer):
                          cov1=self_norm(cov1, d1), cov2=None if cov2 is None else self_norm(cov2, d2),
                          is_input=False)
 
-    def cov_needs(self, out_level: int) -> int:
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
         return max(out_level, COV_DIAGONAL)  # the variances of its input

@@ -7,9 +7,16 @@ import math
 
 import jax.numpy as jnp
 
-from ._core import Layer
-from ._dense import check_state
-from ._kernel import COV_DIAGONAL, COV_NONE, drop_diagonal_covariances, mixing_cov_needs, spatial_diagonal
+from ._layer import Layer
+from ._state import (
+    COV_DIAGONAL,
+    COV_NONE,
+    CovLevel,
+    check_state,
+    drop_diagonal_covariances,
+    mixing_cov_needs,
+    spatial_diagonal,
+)
 from ._windows import check_padding, out_size, window_sum
 
 
@@ -72,7 +79,7 @@ class _Pool(Layer):
     def needs_full(self, out_full: bool) -> bool:
         return True
 
-    def cov_needs(self, out_level: int) -> int:
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
         return mixing_cov_needs(out_level)
 
 
@@ -126,7 +133,7 @@ class GlobalAvgPool(Layer):
     def needs_full(self, out_full: bool) -> bool:
         return True
 
-    def cov_needs(self, out_level: int) -> int:
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
         return mixing_cov_needs(out_level)
 
 
@@ -142,7 +149,7 @@ class Flatten(Layer):
     """`(N, *S, C) -> (N, prod(S)·C)`: the mean over features keeps only diagonal positions, `Σ' = mean_i Σ[i, i]`.
 
     So a network ending in `Flatten` (then `Dense`) only ever needs diagonal spatial covariances, and layers before
-    it carry those alone (THEORY.md §2).
+    it carry those alone (docs/theory.md §2).
     """
 
     def init(self, key, input_shape):
@@ -166,5 +173,5 @@ class Flatten(Layer):
     def needs_full(self, out_full: bool) -> bool:
         return False
 
-    def cov_needs(self, out_level: int) -> int:
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
         return COV_DIAGONAL if out_level >= COV_DIAGONAL else COV_NONE

@@ -39,7 +39,7 @@ def window_sum(x: jax.Array, axes, k, s, n, padding: str) -> jax.Array:
     `axes` is a tuple of axis groups, one per spatial dimension `d`, with window `k[d]`, stride `s[d]` and input
     size `n[d]` (an int group with ints `k`, `s`, `n` is one dimension). With one axis per group this is a strided
     box sum (a convolution with a filter of ones); with the two axes `(i, i')` of a covariance it is the same-offset
-    sum `Σ_j Σ[i + j, i' + j]` of THEORY.md §2: `q = Π k[d]` terms per entry, not `q²`. Up to `_ONE_PASS_TERMS`
+    sum `Σ_j Σ[i + j, i' + j]` of docs/theory.md §2: `q = Π k[d]` terms per entry, not `q²`. Up to `_ONE_PASS_TERMS`
     terms, all dimensions are summed in one pass over one padded copy (for a 3x3 filter ~1.5x faster than two
     passes); larger windows go one dimension at a time.
     Padding: zeros for 'SAME', wrap-around for 'CIRCULAR', none for 'VALID'.

@@ -6,7 +6,7 @@
 * `gp_inference`: NNGP / NTK / NTK-GP posteriors;
 * `max_learning_rate`: the largest stable learning rate of full-batch gradient descent.
 
-Conventions (THEORY.md §3): loss `1/(2nk) Σ ‖f − y‖²`, time `t` in steps, `τ = η t/(nk)`; kernels have the
+Conventions (docs/theory.md §3): loss `1/(2nk) Σ ‖f − y‖²`, time `t` in steps, `τ = η t/(nk)`; kernels have the
 layout of `ntkit.empirical_ntk_fn` and stand for `Θ ⊗ I` along `trace_axes`. Reference: Lee et al. 2019, "Wide
 neural networks of any depth evolve as linear models under gradient descent".
 """

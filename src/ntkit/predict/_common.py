@@ -10,17 +10,16 @@ plain linear algebra.
 from __future__ import annotations
 
 import collections
-import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import cache
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_finite
-
-GETS = ("nngp", "ntk")
+from .._checks import check_array
+from .._layout import KernelLayout
 
 
 def float_dtype(x):
@@ -30,132 +29,45 @@ def float_dtype(x):
     return jnp.zeros((), float).dtype
 
 
-def as_array(x, name: str, dtype=None):
-    """`x` as a finite JAX array (cast to `dtype` if given); errors name the argument."""
-    if x is None:
-        raise TypeError(f"`{name}` must be an array, got None.")
+def target_layout(y_shape: tuple[int, ...], trace_axes: int | Sequence[int]) -> KernelLayout:
+    """The kernel layout of targets `(N, O_1, ..., O_d)` traced over `trace_axes`."""
+    if len(y_shape) < 1:
+        raise ValueError("`y_train` must have a batch axis first, got a scalar.")
+    return KernelLayout.build(y_shape[1:], trace_axes, (), what=f"`y_train` with shape {tuple(y_shape)}")
+
+
+def check_kernel(layout: KernelLayout, k: Any, n1: int, n2: int, name: str, dtype: Any) -> jax.Array:
+    """`k` as an array of `dtype` after checking it has the shape of an `(n1, n2)` kernel of this layout."""
+    k = check_array(k, name, dtype=dtype)
+    want = layout.kernel_shape(n1, n2)
+    if k.shape != want:
+        raise ValueError(
+            f"`{name}` must have shape {want} (examples {n1} x {n2}, then a pair of axes for every output axis "
+            f"not in `trace_axes`), got {k.shape}."
+        )
+    return k
+
+
+def check_outputs(layout: KernelLayout, f: Any, n: int, name: str, dtype: Any) -> jax.Array:
+    """`f` broadcast to outputs `(n, *out_shape)` of `dtype`."""
+    f = check_array(f, name, dtype=dtype)
+    shape = (n, *layout.out_shape)
     try:
-        x = jnp.asarray(x)
-    except TypeError as err:
-        raise TypeError(f"`{name}` must be an array, got {type(x).__name__}.") from err
-    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
-        raise TypeError(f"`{name}` must hold real numbers, got dtype {x.dtype}.")
-    check_finite(x, name)
-    return x if dtype is None else x.astype(dtype)
+        return jnp.broadcast_to(f, shape)
+    except ValueError as err:
+        raise ValueError(f"`{name}` must broadcast to shape {shape}, got {f.shape}.") from err
 
 
-def check_scalar(value, name: str, positive: bool = False) -> float:
-    """A finite, non-negative (or positive) Python float."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`{name}` must be a real scalar, got {value!r}.") from err
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"`{name}` must be a finite {'positive' if positive else 'non-negative'} number, "
-                         f"got {value}.")
-    return value
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Targets `(N, *out_shape)` with `trace` output axes (numbered with the batch axis as 0) traced."""
-
-    out_shape: tuple[int, ...]
-    trace: tuple[int, ...]
-
-    @classmethod
-    def build(cls, y_shape, trace_axes) -> Layout:
-        ndim = len(y_shape)
-        if isinstance(trace_axes, int):
-            trace_axes = (trace_axes,)
-        axes = []
-        for a in trace_axes:
-            if not isinstance(a, int) or not -ndim <= a < ndim:
-                raise ValueError(f"`trace_axes` holds {a!r}, not an axis of `y_train` with shape {tuple(y_shape)}.")
-            axes.append(a % ndim)
-        if 0 in axes:
-            raise ValueError(f"`trace_axes` {tuple(trace_axes)} contains the batch axis 0 of `y_train` with shape "
-                             f"{tuple(y_shape)}; targets need a batch axis first and the outputs after it.")
-        if len(set(axes)) != len(axes):
-            raise ValueError(f"`trace_axes` repeats an axis: {tuple(trace_axes)}.")
-        return cls(tuple(int(s) for s in y_shape[1:]), tuple(sorted(axes)))
-
-    @property
-    def paired(self) -> tuple[int, ...]:
-        return tuple(a for a in range(1, len(self.out_shape) + 1) if a not in self.trace)
-
-    @property
-    def m(self) -> int:
-        return math.prod(self.out_shape[a - 1] for a in self.paired)
-
-    @property
-    def r(self) -> int:
-        return math.prod(self.out_shape[a - 1] for a in self.trace)
-
-    def kernel_shape(self, n1: int, n2: int) -> tuple[int, ...]:
-        shape = [n1, n2]
-        for a in self.paired:
-            shape += [self.out_shape[a - 1]] * 2
-        return tuple(shape)
-
-    def check_kernel(self, k, n1: int, n2: int, name: str, dtype) -> jax.Array:
-        k = as_array(k, name, dtype)
-        want = self.kernel_shape(n1, n2)
-        if k.shape != want:
-            raise ValueError(
-                f"`{name}` must have shape {want} (examples {n1} x {n2}, then a pair of axes for every output axis "
-                f"not in `trace_axes`), got {k.shape}."
-            )
-        return k
-
-    def check_outputs(self, f, n: int, name: str, dtype) -> jax.Array:
-        f = as_array(f, name, dtype)
-        shape = (n, *self.out_shape)
-        try:
-            return jnp.broadcast_to(f, shape)
-        except ValueError as err:
-            raise ValueError(f"`{name}` must broadcast to shape {shape}, got {f.shape}.") from err
-
-    def kernel_matrix(self, k) -> jax.Array:
-        """`(N1, N2, a, a', ...)` -> `(N1·M, N2·M)`."""
-        p = len(self.paired)
-        n1, n2 = k.shape[:2]
-        perm = (0, *(2 + 2 * i for i in range(p)), 1, *(3 + 2 * i for i in range(p)))
-        return jnp.transpose(k, perm).reshape(n1 * self.m, n2 * self.m)
-
-    def kernel_from_matrix(self, mat, n1: int, n2: int) -> jax.Array:
-        """`(*lead, N1·M, N2·M)` -> `(*lead, N1, N2, a, a', ...)`."""
-        lead = mat.shape[:-2]
-        sizes = [self.out_shape[a - 1] for a in self.paired]
-        x = mat.reshape(*lead, n1, *sizes, n2, *sizes)
-        p, q = len(sizes), len(lead)
-        perm = [q, q + 1 + p]
-        for i in range(p):
-            perm += [q + 1 + i, q + 2 + p + i]
-        return jnp.transpose(x, (*range(q), *perm))
-
-    def to_matrix(self, f) -> jax.Array:
-        """`(N, *out)` -> `(N·M, R)`."""
-        order = (0, *self.paired, *self.trace)
-        return jnp.transpose(f, order).reshape(f.shape[0] * self.m, self.r)
-
-    def from_matrix(self, mat, n: int) -> jax.Array:
-        """`(*lead, N·M, R)` -> `(*lead, N, *out)`."""
-        lead = mat.shape[:-2]
-        order = (0, *self.paired, *self.trace)
-        x = mat.reshape(*lead, n, *(self.out_shape[a - 1] for a in order[1:]))
-        q = len(lead)
-        return jnp.transpose(x, (*range(q), *(q + i for i in np.argsort(order))))
-
-    def test_inputs(self, k_test_train, fx_test_0, n: int, dtype):
-        """`(Θ(x, X) as a matrix, f₀(x) of shape (N_test, ...), N_test)` from the test arguments of a predict_fn."""
-        k_test_train = as_array(k_test_train, "k_test_train")
-        if k_test_train.ndim < 1:
-            raise ValueError("`k_test_train` must have shape (N_test, N, ...), got a scalar.")
-        n_test = k_test_train.shape[0]
-        kxt = self.kernel_matrix(self.check_kernel(k_test_train, n_test, n, "k_test_train", dtype))
-        g0 = self.check_outputs(0.0 if fx_test_0 is None else fx_test_0, n_test, "fx_test_0", dtype)
-        return kxt, g0, n_test
+def test_inputs(layout: KernelLayout, k_test_train: Any, fx_test_0: Any, n: int,
+                dtype: Any) -> tuple[jax.Array, jax.Array, int]:
+    """`(Θ(x, X) as a matrix, f₀(x) of shape (N_test, ...), N_test)` from the test arguments of a predict_fn."""
+    k_test_train = check_array(k_test_train, "k_test_train")
+    if k_test_train.ndim < 1:
+        raise ValueError("`k_test_train` must have shape (N_test, N, ...), got a scalar.")
+    n_test = k_test_train.shape[0]
+    kxt = layout.kernel_matrix(check_kernel(layout, k_test_train, n_test, n, "k_test_train", dtype))
+    g0 = check_outputs(layout, 0.0 if fx_test_0 is None else fx_test_0, n_test, "fx_test_0", dtype)
+    return kxt, g0, n_test
 
 
 def check_symmetric(k, name: str) -> jax.Array:
@@ -254,17 +166,6 @@ def decay_factors(evals, tau):
 def outputs_type(fields: tuple[str, ...]):
     """A named tuple type with these fields, one per requested `get`."""
     return collections.namedtuple("Predictions", fields)
-
-
-def canonical_get(get, allowed=GETS) -> tuple[tuple[str, ...], bool]:
-    """`(gets, single)`: the requested kernels as a tuple, and whether one string was given."""
-    if get is None:
-        return GETS, False
-    single = isinstance(get, str)
-    gets = (get,) if single else tuple(get)
-    if not gets or any(g not in allowed for g in gets) or len(set(gets)) != len(gets):
-        raise ValueError(f"`get` must be one of {allowed}, a tuple of them, or None; got {get!r}.")
-    return gets, single
 
 
 def pick(kernels, name: str, what: str):

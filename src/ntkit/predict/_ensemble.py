@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .._checks import check_array, check_scalar
+from .._kernel import parse_get
 from ._common import (
     Factorizations,
-    Layout,
-    as_array,
-    canonical_get,
-    check_scalar,
+    check_kernel,
     check_symmetric,
     decay_factors,
     float_dtype,
     outputs_type,
     regularize,
+    target_layout,
     times,
 )
 from ._gp import Gaussian
@@ -37,7 +37,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
 
     At initialization the outputs are a GP with the NNGP kernel `K`; training by gradient flow with the NTK `Θ`
     (loss `1/(2nk) Σ ‖f − y‖²`, `τ = η t/(nk)`) moves them linearly, `f_t(x) = f₀(x) + A_t(x) (Y − f₀(X))` with
-    `A_t(x) = Θ(x,X) Θ⁻¹ (I − e^{−τΘ})`, so they stay Gaussian with (THEORY.md §3; Lee et al. 2019, "Wide neural
+    `A_t(x) = Θ(x,X) Θ⁻¹ (I − e^{−τΘ})`, so they stay Gaussian with (docs/theory.md §3; Lee et al. 2019, "Wide neural
     networks of any depth evolve as linear models under gradient descent")
 
     * mean `A_t(x) Y`,
@@ -83,11 +83,11 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
     """
     if not callable(kernel_fn):
         raise TypeError(f"`kernel_fn` must be callable as kernel_fn(x1, x2, get), got {type(kernel_fn).__name__}.")
-    x_train = as_array(x_train, "x_train")
-    y_train = as_array(y_train, "y_train")
+    x_train = check_array(x_train, "x_train")
+    y_train = check_array(y_train, "y_train")
     learning_rate = check_scalar(learning_rate, "learning_rate", positive=True)
     diag_reg = check_scalar(diag_reg, "diag_reg")
-    layout = Layout.build(y_train.shape, trace_axes)
+    layout = target_layout(y_train.shape, trace_axes)
     n = y_train.shape[0]
     if x_train.ndim < 1 or x_train.shape[0] != n:
         raise ValueError(f"`x_train` {x_train.shape} and `y_train` {y_train.shape} need the same number of examples.")
@@ -101,8 +101,8 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
             res = kernel_fn(x_train, None, missing, **kernel_fn_train_train_kwargs)
             for g in missing:
                 what = f"kernel_fn(x_train, None).{g}"
-                k = as_array(_fetch(res, g, "the train-train kernel"), what)
-                k = layout.check_kernel(k, n, n, what, float_dtype(k))
+                k = check_array(_fetch(res, g, "the train-train kernel"), what)
+                k = check_kernel(layout, k, n, n, what, float_dtype(k))
                 k_train[g] = check_symmetric(layout.kernel_matrix(k), what)
         return [k_train[g] for g in gets]
 
@@ -145,19 +145,19 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
             if compute_cov:
                 cross = a @ nngp_td.T
                 cov = nngp_tt + a @ prior @ jnp.swapaxes(a, -1, -2) - (cross + jnp.swapaxes(cross, -1, -2))
-            n_out = k_td.shape[0] // layout.m
+            n_out = k_td.shape[0] // layout.paired_size
         mean = layout.from_matrix(mean, n_out)
         if not compute_cov:
             return mean
         return Gaussian(mean, layout.kernel_from_matrix(cov, n_out, n_out))
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False, **kernel_fn_test_test_kwargs):
-        gets, single = canonical_get(get)
+        gets, single = parse_get(get, allow_none=True)
         needed = tuple(sorted(set(gets) | ({"nngp"} if compute_cov else set())))
         train_kernels(needed)
         test = None
         if x_test is not None:
-            x_test = as_array(x_test, "x_test")
+            x_test = check_array(x_test, "x_test")
             if x_test.shape[1:] != x_train.shape[1:]:
                 raise ValueError(f"`x_test` {x_test.shape} and `x_train` {x_train.shape} need the same feature shape.")
             n_test = x_test.shape[0]
@@ -166,13 +166,14 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
             test = {}
             for g in needed:
                 what = f"kernel_fn(x_test, x_train).{g}"
-                k = as_array(_fetch(res, g, "the test-train kernel"), what)
-                test[g] = layout.kernel_matrix(layout.check_kernel(k, n_test, n, what, k_train[g].dtype))
+                k = check_array(_fetch(res, g, "the test-train kernel"), what)
+                test[g] = layout.kernel_matrix(check_kernel(layout, k, n_test, n, what, k_train[g].dtype))
             if compute_cov:
                 test["nngp_td"] = test["nngp"]
                 what = "kernel_fn(x_test, None).nngp"
-                k = as_array(_fetch(kernel_fn(x_test, None, ("nngp",), **kwargs), "nngp", "the test-test kernel"), what)
-                test["nngp_tt"] = layout.kernel_matrix(layout.check_kernel(k, n_test, n_test, what,
+                res_tt = kernel_fn(x_test, None, ("nngp",), **kwargs)
+                k = check_array(_fetch(res_tt, "nngp", "the test-test kernel"), what)
+                test["nngp_tt"] = layout.kernel_matrix(check_kernel(layout, k, n_test, n_test, what,
                                                                            k_train["nngp"].dtype))
         out = [one(g, t, test, bool(compute_cov)) for g in gets]
         return out[0] if single else outputs_type(gets)(*out)

@@ -6,17 +6,17 @@ import collections
 
 import jax.numpy as jnp
 
+from .._checks import check_array, check_scalar
+from .._kernel import GETS, parse_get
 from ._common import (
     Factorizations,
-    Layout,
-    as_array,
-    canonical_get,
-    check_scalar,
+    check_kernel,
     check_symmetric,
     float_dtype,
     outputs_type,
     pick,
     regularize,
+    target_layout,
 )
 
 Gaussian = collections.namedtuple("Gaussian", ["mean", "covariance"])
@@ -71,9 +71,9 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
       >>> post.mean.shape, post.covariance.shape
       ((1, 1), (1, 1))
     """
-    y_train = as_array(y_train, "y_train")
+    y_train = check_array(y_train, "y_train")
     diag_reg = check_scalar(diag_reg, "diag_reg")
-    layout = Layout.build(y_train.shape, trace_axes)
+    layout = target_layout(y_train.shape, trace_axes)
     n = y_train.shape[0]
     cache: dict = {}
 
@@ -81,9 +81,9 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
         """`(K matrix, Factorizations of K̃, K̃⁻¹ Y)` for the `name` kernel, computed once."""
         if name not in cache:
             what = f"k_train_train.{name}" if not hasattr(k_train_train, "shape") else "k_train_train"
-            k = as_array(pick(k_train_train, name, "k_train_train"), what)
+            k = check_array(pick(k_train_train, name, "k_train_train"), what)
             dtype = float_dtype(k)
-            k = check_symmetric(layout.kernel_matrix(layout.check_kernel(k, n, n, what, dtype)), what)
+            k = check_symmetric(layout.kernel_matrix(check_kernel(layout, k, n, n, what, dtype)), what)
             fac = Factorizations(regularize(k, diag_reg, diag_reg_absolute_scale), what)
             cache[name] = (k, fac, None, dtype)
         k, fac, alpha, dtype = cache[name]
@@ -94,7 +94,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
 
     def test_kernel(kernels, name: str, arg: str, n1: int, n2: int, dtype):
         what = f"{arg}.{name}" if not hasattr(kernels, "shape") else arg
-        return layout.kernel_matrix(layout.check_kernel(pick(kernels, name, arg), n1, n2, what, dtype))
+        return layout.kernel_matrix(check_kernel(layout, pick(kernels, name, arg), n1, n2, what, dtype))
 
     def one(g: str, k_test_train, k_test_test):
         kname = "nngp" if g == "nngp" else "ntk"
@@ -104,7 +104,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
             if k_test_test is None:
                 return mean
             return Gaussian(mean, jnp.zeros(layout.kernel_shape(n, n), dtype))
-        first = as_array(pick(k_test_train, kname, "k_test_train"), "k_test_train")
+        first = check_array(pick(k_test_train, kname, "k_test_train"), "k_test_train")
         if first.ndim == 0:
             raise ValueError("`k_test_train` must have shape (N_test, N, ...), got a scalar.")
         n_test = first.shape[0]
@@ -125,7 +125,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
         return Gaussian(mean, layout.kernel_from_matrix(cov, n_test, n_test))
 
     def predict_fn(get=None, k_test_train=None, k_test_test=None):
-        gets, single = canonical_get(get, ("nngp", "ntk", "ntkgp"))
+        gets, single = parse_get(GETS if get is None else get, ("nngp", "ntk", "ntkgp"))
         out = [one(g, k_test_train, k_test_test) for g in gets]
         return out[0] if single else outputs_type(gets)(*out)
 

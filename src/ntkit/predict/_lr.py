@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import as_array, check_scalar
+from .._checks import check_array, check_scalar
 
 
 def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: float = 0.0) -> float:
     r"""Critical learning rate `η_crit = 2 (1 + μ) n k / λ_max(Θ)` of (heavy-ball) gradient descent on MSE.
 
     With the loss `1/(2nk) Σ ‖f − y‖²`, a model with constant NTK `Θ` follows
-    `f_{s+1} − Y = (I − η Θ/(nk)) (f_s − Y)` (THEORY.md §3): the error along the top eigenvector is multiplied by
+    `f_{s+1} − Y = (I − η Θ/(nk)) (f_s − Y)` (docs/theory.md §3): the error along the top eigenvector is multiplied by
     `1 − η λ_max/(nk)` each step, so gradient descent converges iff `η < 2nk/λ_max`. With heavy-ball momentum `μ`
     the bound is `2 (1 + μ) nk/λ_max`. Wide networks in NTK parameterization train below it and diverge (or leave
     the lazy regime) above it (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under
@@ -31,7 +31,7 @@ def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: 
       >>> ntkit.predict.max_learning_rate(jnp.eye(3) * 2.0, y_train_size=6)
       6.0
     """
-    k = np.asarray(as_array(k_train_train, "k_train_train"), dtype=np.float64)
+    k = np.asarray(check_array(k_train_train, "k_train_train"), dtype=np.float64)
     if k.ndim < 2 or k.ndim % 2 or k.shape[0] != k.shape[1] or k.shape[2::2] != k.shape[3::2]:
         raise ValueError(f"`k_train_train` must have shape (N, N, O_a, O_a', ...), got {k.shape}.")
     momentum = check_scalar(momentum, "momentum")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .._checks import check_array, check_scalar
 from ._common import (
     Factorizations,
-    Layout,
-    as_array,
-    check_scalar,
+    check_kernel,
+    check_outputs,
     check_symmetric,
     decay_factors,
     float_dtype,
     regularize,
+    target_layout,
+    test_inputs,
     times,
 )
 
@@ -68,14 +70,14 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
       >>> bool(jnp.allclose(predict_fn(None), y))
       True
     """
-    k_train_train = as_array(k_train_train, "k_train_train")
+    k_train_train = check_array(k_train_train, "k_train_train")
     dtype = float_dtype(k_train_train)
-    y_train = as_array(y_train, "y_train", dtype)
+    y_train = check_array(y_train, "y_train", dtype=dtype)
     learning_rate = check_scalar(learning_rate, "learning_rate", positive=True)
     diag_reg = check_scalar(diag_reg, "diag_reg")
-    layout = Layout.build(y_train.shape, trace_axes)
+    layout = target_layout(y_train.shape, trace_axes)
     n = y_train.shape[0]
-    k = layout.check_kernel(k_train_train, n, n, "k_train_train", dtype)
+    k = check_kernel(layout, k_train_train, n, n, "k_train_train", dtype)
     k = check_symmetric(layout.kernel_matrix(k), "k_train_train")
     fac = Factorizations(regularize(k, diag_reg, diag_reg_absolute_scale), "k_train_train")
     y_mat = layout.to_matrix(y_train)
@@ -85,11 +87,11 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
         if fx_test_0 is not None and k_test_train is None:
             raise ValueError("`fx_test_0` was given without `k_test_train`; test outputs need the test-train NTK.")
         want_train = fx_train_0 is not None
-        f0 = layout.check_outputs(0.0 if fx_train_0 is None else fx_train_0, n, "fx_train_0", dtype)
+        f0 = check_outputs(layout, 0.0 if fx_train_0 is None else fx_train_0, n, "fx_train_0", dtype)
         resid = layout.to_matrix(f0) - y_mat  # (N·M, R)
         want_test = k_test_train is not None
         if want_test:
-            kxt, g0, n_test = layout.test_inputs(k_test_train, fx_test_0, n, dtype)
+            kxt, g0, n_test = test_inputs(layout, k_test_train, fx_test_0, n, dtype)
 
         if t is None:
             fac.cho  # noqa: B018  (factorizes once; a singular kernel has no infinite-time limit equal to Y)

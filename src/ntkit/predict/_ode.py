@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.ode import odeint
 
-from ._common import Layout, as_array, check_scalar, check_symmetric, float_dtype
+from .._checks import check_array, check_scalar
+from ._common import check_kernel, check_outputs, check_symmetric, float_dtype, target_layout, test_inputs
 
 
 @jax.tree_util.register_dataclass
@@ -42,7 +43,7 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate: float = 1.0, m
     any depth evolve as linear models under gradient descent") trained on `loss(f(X), Y)` with learning rate `η`
     follows, with `t` counted in steps,
 
-    * `df(X)/dt = −η Θ ∇_f L`, `df(x)/dt = −η Θ(x, X) ∇_f L` (THEORY.md §3).
+    * `df(X)/dt = −η Θ ∇_f L`, `df(x)/dt = −η Θ(x, X) ∇_f L` (docs/theory.md §3).
 
     With heavy-ball momentum `μ` (`v ← μ v − η ∇L`, `θ ← θ + v`) the continuous limit is second order, solved in
     the time `s = √η t`: `df/ds = q`, `dq/ds = −(1 − μ)/√η · q − Θ ∇_f L` (and likewise on the test set).
@@ -80,9 +81,9 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate: float = 1.0, m
     """
     if not callable(loss):
         raise TypeError(f"`loss` must be callable as loss(fx_train, y_train), got {type(loss).__name__}.")
-    k_train_train = as_array(k_train_train, "k_train_train")
+    k_train_train = check_array(k_train_train, "k_train_train")
     dtype = float_dtype(k_train_train)
-    y_train = as_array(y_train, "y_train", dtype)
+    y_train = check_array(y_train, "y_train", dtype=dtype)
     learning_rate = check_scalar(learning_rate, "learning_rate", positive=True)
     if momentum is not None:
         momentum = check_scalar(momentum, "momentum")
@@ -90,9 +91,9 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate: float = 1.0, m
             raise ValueError(f"`momentum` must be in [0, 1) or None, got {momentum}.")
     rtol = _default_tolerance(dtype) if rtol is None else check_scalar(rtol, "rtol", positive=True)
     atol = _default_tolerance(dtype) if atol is None else check_scalar(atol, "atol", positive=True)
-    layout = Layout.build(y_train.shape, trace_axes)
+    layout = target_layout(y_train.shape, trace_axes)
     n = y_train.shape[0]
-    k = layout.check_kernel(k_train_train, n, n, "k_train_train", dtype)
+    k = check_kernel(layout, k_train_train, n, n, "k_train_train", dtype)
     k = check_symmetric(layout.kernel_matrix(k), "k_train_train")
     grad_loss = jax.grad(lambda fx: loss(fx, y_train))
 
@@ -135,18 +136,18 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate: float = 1.0, m
         if fx_test_0 is not None and k_test_train is None:
             raise ValueError("Test outputs were given without `k_test_train`; test dynamics need the test-train NTK.")
         want_train = fx_train_0 is not None or as_state
-        f0 = layout.check_outputs(0.0 if fx_train_0 is None else fx_train_0, n, "fx_train_0", dtype)
+        f0 = check_outputs(layout, 0.0 if fx_train_0 is None else fx_train_0, n, "fx_train_0", dtype)
         state = {"fx_train": layout.to_matrix(f0)}
-        k_td = jnp.zeros((0, n * layout.m), dtype)
+        k_td = jnp.zeros((0, n * layout.paired_size), dtype)
         want_test = k_test_train is not None
         if want_test:
-            k_td, g0, n_test = layout.test_inputs(k_test_train, fx_test_0, n, dtype)
+            k_td, g0, n_test = test_inputs(layout, k_test_train, fx_test_0, n, dtype)
             state["fx_test"] = layout.to_matrix(g0)
         if momentum is not None:
-            state["qx_train"] = layout.to_matrix(layout.check_outputs(
+            state["qx_train"] = layout.to_matrix(check_outputs(layout,
                 0.0 if q_train_0 is None else q_train_0, n, "qx_train", dtype))
             if want_test:
-                state["qx_test"] = layout.to_matrix(layout.check_outputs(
+                state["qx_test"] = layout.to_matrix(check_outputs(layout,
                     0.0 if q_test_0 is None else q_test_0, n_test, "qx_test", dtype))
 
         grid, index = np.unique(np.concatenate([[0.0], t_np.ravel()]), return_inverse=True)

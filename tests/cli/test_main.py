@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ntkit._cli import main
+from ntkit.cli import main
 
 TINY = ["--dataset", "iris", "--n-train", "24", "--n-test", "12", "--widths", "8,16", "--steps", "5",
         "--no-progress"]

@@ -1,11 +1,14 @@
-"""Output-axis bookkeeping for empirical kernels.
+"""The output-axis layout of a kernel, shared by the empirical kernels and the predictions.
 
 A kernel between outputs `f(x1)` of shape `(N1, O_1, ..., O_d)` and `f(x2)` has, per output axis, one of
-three layouts (THEORY.md §1): *traced* (contracted pairwise and averaged), *diagonal* (only the diagonal of the
-axis pair is kept, one axis in the result) or *paired* (both axes kept). The result is laid out as neural-tangents
-does, `(N1, N2, *diagonal axes, O_k, O_k', ...)`, so code ports unchanged. `KernelLayout` turns this into einsum
-letters that every implementation shares, which keeps trace and diagonal inside the contraction (never a full
-`O × O'` block followed by a trace).
+three layouts (docs/theory.md §1): *traced* (contracted pairwise and averaged), *diagonal* (only the diagonal of
+the axis pair is kept, one axis in the result) or *paired* (both axes kept). The result is laid out as
+neural-tangents does, `(N1, N2, *diagonal axes, O_k, O_k', ...)`, so code ports unchanged.
+
+`KernelLayout` gives the empirical implementations shared einsum letters, which keep trace and diagonal inside the
+contraction (never a full `O × O'` block followed by a trace), and gives `ntkit.predict` the reshapes between a
+kernel and the matrix `(N1·M, N2·M)` it stands for (`M` the product of paired sizes; a kernel traced over an axis
+stands for `Θ ⊗ I` along it).
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 # Upper-case letters are reserved for output axes; implementations use lower-case ones for their own dims.
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def canonicalize_axes(axes: int | Sequence[int] | None, ndim: int, name: str) -> tuple[int, ...]:
+def canonicalize_axes(axes: int | Sequence[int] | None, ndim: int, name: str,
+                      what: str = "an output") -> tuple[int, ...]:
     """Returns sorted non-negative axes; raises a clear error for an axis out of range or repeated."""
     if axes is None:
         return ()
@@ -30,7 +38,7 @@ def canonicalize_axes(axes: int | Sequence[int] | None, ndim: int, name: str) ->
             raise TypeError(f"`{name}` must hold integers, got {axis!r}.")
         if not -ndim <= axis < ndim:
             raise ValueError(
-                f"`{name}` holds axis {axis}, out of range for an output of {ndim} axes "
+                f"`{name}` holds axis {axis}, out of range for {what} of {ndim} axes "
                 f"(batch axis first); valid axes are {-ndim}..{ndim - 1}."
             )
         out.append(axis % ndim)
@@ -54,14 +62,17 @@ class KernelLayout:
     diagonal_axes: tuple[int, ...]
 
     @classmethod
-    def build(cls, out_shape: Sequence[int], trace_axes, diagonal_axes) -> KernelLayout:
+    def build(cls, out_shape: Sequence[int], trace_axes: int | Sequence[int] | None,
+              diagonal_axes: int | Sequence[int] | None = (), what: str = "an output") -> KernelLayout:
+        """Checks the axes against outputs of shape `(N, *out_shape)`; `what` names those outputs in errors."""
         ndim = len(out_shape) + 1
         if ndim > len(_LETTERS) // 2:
             raise ValueError(f"Outputs with more than {len(_LETTERS) // 2 - 1} axes are not supported.")
-        trace = canonicalize_axes(trace_axes, ndim, "trace_axes")
-        diagonal = canonicalize_axes(diagonal_axes, ndim, "diagonal_axes")
+        trace = canonicalize_axes(trace_axes, ndim, "trace_axes", what)
+        diagonal = canonicalize_axes(diagonal_axes, ndim, "diagonal_axes", what)
         if 0 in trace:
-            raise ValueError("`trace_axes` cannot contain the batch axis 0; use `diagonal_axes=(0,)` instead.")
+            raise ValueError(f"`trace_axes` cannot contain the batch axis 0 of {what}; use `diagonal_axes=(0,)` "
+                             "for the batch diagonal.")
         both = set(trace) & set(diagonal)
         if both:
             raise ValueError(f"Axes {sorted(both)} are in both `trace_axes` and `diagonal_axes`.")
@@ -129,3 +140,47 @@ class KernelLayout:
             swap[first], swap[second] = second, first
         out = self.out
         return tuple(out.index(swap[c]) for c in out)
+
+    # --- the kernel as a matrix (for `ntkit.predict`; no diagonal axes) ---
+
+    @property
+    def paired(self) -> tuple[int, ...]:
+        """Output axes (batch axis = 0) kept as a pair of axes in the kernel."""
+        return tuple(a for a in range(1, len(self.out_shape) + 1)
+                     if a not in self.trace_axes and a not in self.diagonal_axes)
+
+    @property
+    def paired_size(self) -> int:
+        """`M`: the product of paired axis sizes (rows of the kernel matrix per example)."""
+        return math.prod(self.out_shape[a - 1] for a in self.paired)
+
+    def kernel_matrix(self, k: jax.Array) -> jax.Array:
+        """`(N1, N2, a, a', ...)` -> `(N1·M, N2·M)`."""
+        p = len(self.paired)
+        n1, n2 = k.shape[:2]
+        perm = (0, *(2 + 2 * i for i in range(p)), 1, *(3 + 2 * i for i in range(p)))
+        return jnp.transpose(k, perm).reshape(n1 * self.paired_size, n2 * self.paired_size)
+
+    def kernel_from_matrix(self, mat: jax.Array, n1: int, n2: int) -> jax.Array:
+        """`(*lead, N1·M, N2·M)` -> `(*lead, N1, N2, a, a', ...)`."""
+        lead = mat.shape[:-2]
+        sizes = [self.out_shape[a - 1] for a in self.paired]
+        x = mat.reshape(*lead, n1, *sizes, n2, *sizes)
+        p, q = len(sizes), len(lead)
+        perm = [q, q + 1 + p]
+        for i in range(p):
+            perm += [q + 1 + i, q + 2 + p + i]
+        return jnp.transpose(x, (*range(q), *perm))
+
+    def to_matrix(self, f: jax.Array) -> jax.Array:
+        """Outputs `(N, *out)` -> `(N·M, R)`, `R` the product of traced sizes."""
+        order = (0, *self.paired, *self.trace_axes)
+        return jnp.transpose(f, order).reshape(f.shape[0] * self.paired_size, self.trace_size)
+
+    def from_matrix(self, mat: jax.Array, n: int) -> jax.Array:
+        """`(*lead, N·M, R)` -> `(*lead, N, *out)`."""
+        lead = mat.shape[:-2]
+        order = (0, *self.paired, *self.trace_axes)
+        x = mat.reshape(*lead, n, *(self.out_shape[a - 1] for a in order[1:]))
+        q = len(lead)
+        return jnp.transpose(x, (*range(q), *(q + int(i) for i in np.argsort(order))))

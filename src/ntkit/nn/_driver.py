@@ -1,127 +1,60 @@
-"""The layer protocol: `init`, `apply`, `kernel`, and the kernel driver (input kernel, jit, tiling, `get`).
+"""The kernel driver: from inputs to the kernel a layer asks for (input kernel, compiled steps, tiling, `get`).
 
-Every layer is a small frozen dataclass deriving from `Layer` with
-
-* `init(key, input_shape) -> (output_shape, params)`: parameters of the matching finite network;
-* `apply(params, x, **kwargs)`: the finite network (NTK parameterization by default);
-* `kernel(x1, x2=None, get=None, batch_size=None, **kwargs)`: its infinite-width NNGP/NTK (THEORY.md §2);
-
-and unpacks as `init_fn, apply_fn, kernel_fn = layer`, so code written for neural-tangents' `stax` ports
-unchanged. A subclass implements `init`, `apply`, `transform(state) -> state` and, when it needs off-diagonal
-spatial covariances (pooling, attention) or can drop them (`Flatten`), `needs_full`; when it reads the
-per-example covariances differently from a position-wise linear map, `cov_needs`.
+The driver sees a layer only through `KernelLayer`: how it maps kernel states (`transform`), what it needs of
+them (`needs_full`, `cov_needs`) and how it is cut into compiled steps (`compiled_steps`). It runs the input
+kernel and the steps under `jit`, sizes tiles to a memory limit, computes large symmetric calls by triangles, and
+selects what `get` asks for.
 """
 
 from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from .._empirical import Kernel, _chunks, _split_kwargs
-from ._kernel import COV_FULL, COV_NONE, KernelState, input_state
-
-_GETS = ("nngp", "ntk")
-
-
-class Layer:
-    """Base class of analytic layers (see the module docstring)."""
-
-    def init(self, key: jax.Array, input_shape):
-        raise NotImplementedError
-
-    def apply(self, params, x, **kwargs):
-        raise NotImplementedError
-
-    def transform(self, k, **kwargs):
-        """Maps the kernel state of the layer's input to that of its output."""
-        raise NotImplementedError
-
-    def needs_full(self, out_full: bool) -> bool:
-        """Whether the input kernel must carry full spatial covariances, given whether the output must."""
-        return out_full
-
-    def cov_needs(self, out_level: int) -> int:
-        """How much of the per-example covariances (`COV_NONE`, `COV_DIAGONAL`, `COV_FULL`) the input must carry,
-        given how much the output must. Linear maps that act position by position keep the level; a layer that
-        reads variances needs at least `COV_DIAGONAL`; one that mixes positions needs `COV_FULL` to produce any.
-        Layers receiving more than they need pass on what they can."""
-        return out_level
-
-    def __iter__(self):
-        return iter((self.init, self.apply, self.kernel))
-
-    def kernel(self, x1, x2=None, get=None, batch_size: int | None = None, memory_limit: float | None = None,
-               **kwargs):
-        """Infinite-width NNGP and/or NTK between `x1` and `x2`.
-
-        Args:
-          x1: inputs `(N1, *S, C)` (channels last, batch first), a list of them for a multi-input network, or a
-            `KernelState` to continue from.
-          x2: `(N2, *S, C)` or `None` for `x1` (then `Σ(x, x)` holds each input's variance; when `get` is set and the
-            call is large, estimated above `_SPLIT_BYTES`, two diagonal blocks and one off-diagonal block are computed
-            and the fourth mirrored).
-          get: `"nngp"`, `"ntk"`, a tuple of them (a `Kernel(nngp, ntk)` named tuple comes back) or `None` (the
-            whole `KernelState`).
-          batch_size: compute the `(N1, N2)` kernel in tiles of this many examples per side; with `x2=None` only
-            tiles on and above the diagonal are computed. Tiled and untiled results agree (with `get=None`, the
-            per-example covariances are taken from the tiles too).
-          memory_limit: bytes the kernel's arrays may use: the largest tiles whose estimated peak (every layer's
-            kernel state for the tile, times `MEMORY_OVERHEAD` for the step's input, output and temporaries) fits
-            are used. JAX itself (~0.25 GB) and XLA's compiler come on top: for Myrtle-5 on 32x32 images the process
-            peaked at most 0.3 GB above JAX's baseline plus the limit, for limits from 0.15 to 1.6 GB. Give this or
-            `batch_size`, not both.
-          **kwargs: passed to every layer's kernel (array values are traced).
-
-        Returns:
-          Arrays `(N1, N2)` for flat outputs, `(N1, N2, S_1, S_1', ...)` for outputs with spatial axes.
-        """
-        return compute_kernel(self, x1, x2, get, batch_size, kwargs, memory_limit)
+from .._checks import check_array, check_batch_size
+from .._kernel import GETS, Kernel, parse_get, select
+from .._kwargs import fold_rng, split_kwargs
+from .._tiling import Tiles, interleaved_mirror
+from ._state import COV_FULL, COV_NONE, CovLevel, KernelState, input_state
 
 
-def _parse_get(get) -> tuple[tuple[str, ...] | None, bool]:
-    if get is None:
-        return None, False
-    single = isinstance(get, str)
-    gets = (get,) if single else tuple(get)
-    for g in gets:
-        if g not in _GETS:
-            raise ValueError(f"`get` must be 'nngp', 'ntk', a tuple of them or None, got {get!r}.")
-    return gets, single
+class KernelLayer(Protocol):
+    """What the driver needs of a layer (every `ntkit.nn.Layer` is one)."""
+
+    def transform(self, k: Any, **kwargs: Any) -> Any: ...
+
+    def needs_full(self, out_full: bool) -> bool: ...
+
+    def cov_needs(self, out_level: CovLevel) -> CovLevel: ...
+
+    def compiled_steps(self) -> list[tuple[tuple[KernelLayer, ...], tuple[int, ...]]]: ...
 
 
-def _select(out, gets, single):
+def _select(out: Any, gets: tuple[str, ...] | None, single: bool) -> Any:
+    """What `get` asks for of a state (or of each state of a multi-output network); `gets=None`: the state."""
     if isinstance(out, list | tuple) and not isinstance(out, Kernel):
         return [_select(o, gets, single) for o in out]
     if gets is None:
         return out
-    if single:
-        return getattr(out, gets[0])
-    return Kernel(**{g: (getattr(out, g) if g in gets else None) for g in _GETS})
+    return select({g: getattr(out, g) for g in GETS}, gets, single)
 
 
-def _is_state(x) -> bool:
+def _is_state(x: Any) -> bool:
     if isinstance(x, KernelState):
         return True
     return isinstance(x, list | tuple) and len(x) > 0 and all(isinstance(s, KernelState) for s in x)
 
 
-def _check_input(x, name: str):
+def _check_input(x: Any, name: str) -> Any:
     if isinstance(x, list | tuple):
         return [_check_input(xi, f"{name}[{i}]") for i, xi in enumerate(x)]
-    if not hasattr(x, "shape"):
-        x = jnp.asarray(x)
-    if x.ndim < 2:
-        raise ValueError(f"`{name}` must be (N, *spatial, channels) with at least 2 axes, got shape {x.shape}.")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"`{name}` must be floating, got dtype {x.dtype}.")
-    return x
+    return check_array(x, name, min_ndim=2, floating=True)
 
 
 def _inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level):
@@ -142,18 +75,17 @@ _jit_inputs = jax.jit(_inputs, static_argnums=(2, 3, 4))
 _jit_transform = jax.jit(_transform, static_argnums=(0, 1))
 
 
-def _segments(layers) -> list[tuple[int, ...]]:
-    """Indices of the layers compiled together: an affine layer with the nonlinearity right after it, else one.
+def fused_segments(pointwise: Sequence[bool]) -> list[tuple[int, ...]]:
+    """Indices of a layer sequence compiled together: a layer with the pointwise nonlinearity right after it,
+    else one layer a step.
 
     A nonlinearity reads its input entry by entry, so fusing it with the layer before saves a pass over the
     covariances (~25% on convolutional networks); anything reading at shifted offsets stays in its own step.
     """
-    from ._elementwise import Elementwise
-
     out: list[tuple[int, ...]] = []
     i = 0
-    while i < len(layers):
-        if i + 1 < len(layers) and isinstance(layers[i + 1], Elementwise) and not isinstance(layers[i], Elementwise):
+    while i < len(pointwise):
+        if i + 1 < len(pointwise) and pointwise[i + 1] and not pointwise[i]:
             out.append((i, i + 1))
             i += 2
         else:
@@ -162,21 +94,10 @@ def _segments(layers) -> list[tuple[int, ...]]:
     return out
 
 
-def _steps(layer) -> list[tuple[tuple[Layer, ...], tuple[int, ...]]]:
-    """The compiled steps of `layer`: `(layers, indices into a top-level serial)`; one step unless it is one."""
-    from ._combinators import serial
-
-    if not isinstance(layer, serial):
-        return [((layer,), ())]
-    return [(tuple(layer.layers[i] for i in segment), segment) for segment in _segments(layer.layers)]
-
-
-def _step_kwargs(dynamic_kwargs, indices):
-    from ._combinators import _fold_rng
-
+def _step_kwargs(dynamic_kwargs: dict[str, Any], indices: tuple[int, ...]) -> tuple[dict[str, Any], ...]:
     if not indices:
         return (dynamic_kwargs,)
-    return tuple(_fold_rng(dynamic_kwargs, i) for i in indices)
+    return tuple(fold_rng(dynamic_kwargs, i) for i in indices)
 
 
 def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2, dynamic_kwargs):
@@ -191,7 +112,7 @@ def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2,
         return _jit_transform(layers, static_kwargs, k, _step_kwargs(dynamic_kwargs, indices))
 
     k = _jit_inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level)
-    for layers, indices in _steps(layer):
+    for layers, indices in layer.compiled_steps():
         k = _named_step(step, k, layers, indices)
     return k
 
@@ -242,7 +163,7 @@ def _estimate_cached(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level, st
 
     k = jax.eval_shape(lambda a, b: _inputs(a, b, diagonal_spatial, compute_ntk, cov_level), x1, x2)
     peak = _state_bytes(k)
-    for layers, indices in _steps(layer):
+    for layers, indices in layer.compiled_steps():
         k = _named_step(step, k, layers, indices)
         peak = max(peak, _state_bytes(k))
     return MEMORY_OVERHEAD * peak
@@ -264,8 +185,11 @@ def _batch_size_for(memory_limit, estimate, n1: int, n2: int) -> int:
     return -(-n // -(-n // lo))  # as many tiles as `lo` needs, evened out (one compiled shape, not a ragged one)
 
 
-def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any], memory_limit=None):
-    gets, single = _parse_get(get)
+def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: int | None, kwargs: dict[str, Any],
+                   memory_limit: float | None = None) -> Any:
+    """`layer`'s kernel between `x1` and `x2` (see `Layer.kernel` for the arguments)."""
+    gets, single = (None, False) if get is None else parse_get(get)
+    batch_size = check_batch_size(batch_size)
     if _is_state(x1):
         if x2 is not None:
             raise ValueError("`x2` must be None when `x1` is a KernelState (it already holds both inputs).")
@@ -283,7 +207,7 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
     compute_ntk = gets is None or "ntk" in gets
     # the whole state comes back when `get` is None; otherwise only what later layers read
     cov_level = layer.cov_needs(COV_FULL if gets is None else COV_NONE)
-    dynamic, static = _split_kwargs(kwargs)
+    dynamic, static = split_kwargs(kwargs)
 
     def run(a, b):
         return _run(layer, diagonal_spatial, compute_ntk, cov_level, static, a, b, dynamic)
@@ -316,37 +240,23 @@ def compute_kernel(layer: Layer, x1, x2, get, batch_size, kwargs: dict[str, Any]
         batch_size = -(-n1 // 2)
     if batch_size is None:
         return _select(run(x1, x2), gets, single)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
     if isinstance(x1, list):
         raise ValueError("`batch_size` needs a single input array (not a list).")
     return _select(_tiled(run, x1, x2, batch_size, gets), gets, single)
 
 
-def _mirror_axes(ndim: int) -> list[int]:
-    """`K(x_a, x_b) -> K(x_b, x_a)`: swap the batch axes and every interleaved spatial pair."""
-    perm = [1, 0]
-    for a in range(2, ndim, 2):
-        perm += [a + 1, a]
-    return perm
-
-
-def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str] | None):
+def _tiled(run: Callable[[Any, Any], KernelState], x1: Any, x2: Any, batch_size: int,
+           gets: tuple[str, ...] | None) -> Any:
     """The kernel in tiles; with `gets` None the whole state, per-example covariances taken from the tiles."""
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    rows, cols = _chunks(n1, batch_size), _chunks(n2, batch_size)
-    if x2 is None:
-        pairs = [(i, j) for i in range(len(rows)) for j in range(i, len(cols))]
-    else:
-        pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
-    fields = _GETS if gets is None else tuple(gets)
+    tiles = Tiles.build(n1, None if x2 is None else n2, batch_size)
+    fields = GETS if gets is None else gets
     blocks: dict[str, dict[tuple[int, int], Any]] = {g: {} for g in fields}
     covs1: dict[int, Any] = {}
     covs2: dict[int, Any] = {}
-    for i, j in tqdm(pairs, desc="kernel tiles", disable=None, leave=False):  # shown on a terminal only
-        r, c = rows[i], cols[j]
-        state = run(x1[r], None) if (x2 is None and i == j) else run(x1[r], (x1 if x2 is None else x2)[c])
+    for i, j in tiles.progress():
+        state = run(*tiles.inputs(x1, x2, i, j))
         if state.nngp.ndim > 2 and state.diagonal_spatial:
             raise ValueError("tiling expects full spatial covariances at the output.")
         for g in fields:
@@ -355,29 +265,15 @@ def _tiled(run, x1, x2, batch_size: int, gets: Sequence[str] | None):
         covs1.setdefault(i, state.cov1)
         if x2 is not None:
             covs2.setdefault(j, state.cov2)
-    kernels = {g: _assemble(blocks[g], rows, cols, x2 is None) if blocks.get(g) else None for g in _GETS}
+    mirror = interleaved_mirror(state.nngp.ndim)
+    kernels = {g: tiles.assemble(blocks[g], mirror) if blocks.get(g) else None for g in GETS}
     if gets is not None:
         return Kernel(**kernels)
-    concat = lambda parts: None if any(p is None for p in parts) else jnp.concatenate(parts)  # noqa: E731
+
+    def concat(parts: list[Any]) -> Any:
+        return None if any(p is None for p in parts) else jnp.concatenate(parts)
+
     return state.replace(
-        nngp=kernels["nngp"], ntk=kernels["ntk"], cov1=concat([covs1[i] for i in range(len(rows))]),
-        cov2=None if x2 is None else concat([covs2[j] for j in range(len(cols))]),
+        nngp=kernels["nngp"], ntk=kernels["ntk"], cov1=concat([covs1[i] for i in range(len(tiles.rows))]),
+        cov2=None if x2 is None else concat([covs2[j] for j in range(len(tiles.cols))]),
         shape1=(n1,) + state.shape1[1:], shape2=(n2,) + state.shape2[1:], x1_is_x2=x2 is None)
-
-
-def _assemble(blocks, rows, cols, mirror: bool):
-    """The `(N1, N2, ...)` kernel from tiles `(i, j)`; lower tiles mirrored from upper ones when `mirror`."""
-    if any(isinstance(b, jax.core.Tracer) for b in blocks.values()):  # under an outer `jit`: stay traced
-        def tile(i, j):
-            return blocks[i, j] if (i, j) in blocks else jnp.transpose(blocks[j, i], _mirror_axes(blocks[j, i].ndim))
-
-        return jnp.concatenate([jnp.concatenate([tile(i, j) for j in range(len(cols))], axis=1)
-                                for i in range(len(rows))], axis=0)
-    first = np.asarray(next(iter(blocks.values())))
-    out = np.empty((rows[-1].stop, cols[-1].stop) + first.shape[2:], dtype=first.dtype)
-    for (i, j), block in blocks.items():
-        block = np.asarray(block)
-        out[rows[i], cols[j]] = block
-        if mirror and i != j:
-            out[cols[j], rows[i]] = np.transpose(block, _mirror_axes(block.ndim))
-    return jnp.asarray(out)

@@ -10,7 +10,7 @@ _LOADERS = ("digits", "iris", "wine", "breast_cancer")
 def load_dataset(name: str, n_train: int, n_test: int, seed: int = 0):
     """Returns `(x_train, y_train, x_test, y_test, n_classes)` with one-hot, zero-mean targets.
 
-    Inputs are standardised per feature and scaled so that `‖x‖² = d` on average (THEORY.md §2's convention);
+    Inputs are standardised per feature and scaled so that `‖x‖² = d` on average (docs/theory.md §2's convention);
     targets are one-hot minus `1/k`, so that the mean output is zero, as for a network at initialisation.
     """
     from sklearn import datasets

@@ -7,7 +7,7 @@
 2. Finite networks of several widths, the same definition's `init_fn`/`apply_fn`, trained by full-batch gradient
    descent on `1/(2nk) Σ ‖f − y‖²`; their real training curves next to the ones predicted from their own empirical
    NTK at initialization and from the analytic NTK; the kernel's relative change during training against width
-   (THEORY.md §4: slope about −1/2 on a log-log plot).
+   (docs/theory.md §4: slope about −1/2 on a log-log plot).
 3. The spectrum of the empirical NTK and the largest stable learning rate `2nk/λ_max`.
 """
 
@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import predict
+from .. import predict
+from .._kernel import Kernel
+from ..empirical import empirical_ntk_fn
 from ._datasets import load_dataset
-from ._empirical import Kernel, empirical_ntk_fn
 from ._training import accuracy, checkpoints, mse_loss, predicted_curves, relative_change, relu_network, train
 
 DEFAULTS: dict[str, Any] = {"dataset": "digits", "n_train": 256, "n_test": 256, "widths": (64, 256, 1024, 4096),

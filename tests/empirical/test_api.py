@@ -141,10 +141,46 @@ def test_apply_kwargs_are_passed(dtype):
         assert_close(ntk, ref, scale=10)
 
 
-def test_auto_resolves_to_a_method_that_agrees(dtype):
-    f, params, x1, x2 = MODELS["cnn"](dtype)
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_auto_runs_the_implementation_it_reports(dtype, name):
+    """`auto` gives bit for bit what its reported choice gives, and that matches the brute-force Jacobian."""
+    f, params, x1, x2 = MODELS[name](dtype)
     ntk_fn = ntkit.empirical_ntk_fn(f, vmap_axes=0)
-    assert ntk_fn.implementation_for(x1, x2, params) in ("jacobian", "ntvp", "structured")
+    chosen = ntk_fn.implementation_for(x1, x2, params)
+    explicit = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation=chosen)(x1, x2, params)
+    np.testing.assert_array_equal(ntk_fn(x1, x2, params), explicit)
+    ref = jnp.einsum("icjc->ij", brute_force_ntk(f, params, x1, x2)) / f(params, x1).shape[-1]
+    assert_close(explicit, ref, scale=10)
+
+
+def test_structured_falls_back_to_jacobian_visibly(dtype, caplog):
+    """A parameter returned unchanged (a view of it is the output) has no structure to exploit: `structured` runs
+    the Jacobian method, `implementation_for` says so and a debug log explains why."""
+    w = jax.random.normal(jax.random.key(0), (3, 4), dtype)
+    x = jnp.ones((4, 5), dtype)
+
+    def f(p, x):  # (4, 3): a scaled transpose of `w`, as a learned per-example table would be
+        return 2.0 * p["w"].T
+
+    ntk_fn = ntkit.empirical_ntk_fn(f, trace_axes=(), implementation="structured")
+    with caplog.at_level("DEBUG", logger="ntkit.empirical"):
+        assert ntk_fn.implementation_for(x, None, {"w": w}) == "jacobian"
+    assert "structured derivatives do not apply" in caplog.text
+    # Θ[i, j, c, d] = Σ_w ∂(2 w[c, i])/∂w ∂(2 w[d, j])/∂w = 4 δ_ij δ_cd
+    expected = 4 * jnp.einsum("ij,cd->ijcd", jnp.eye(4, dtype=dtype), jnp.eye(3, dtype=dtype))
+    assert_close(ntk_fn(x, None, {"w": w}), expected, scale=2)
+
+
+@pytest.mark.parametrize("implementation", ["jacobian", "structured"])
+def test_tiled_kernel_under_jit(dtype, implementation):
+    """Tiles are assembled as tracers under an outer `jit` (closed-over and traced inputs alike)."""
+    f, params, x1, x2 = MODELS["mlp"](dtype, n1=5, n2=3)
+    ntk_fn = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation=implementation, batch_size=2)
+    whole = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation=implementation)(x1, None, params)
+    assert_close(jax.jit(lambda a: ntk_fn(a, None, params))(x1), whole, scale=10)
+    assert_close(jax.jit(lambda p: ntk_fn(x1, None, p))(params), whole, scale=10)
+    cross = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation=implementation)(x1, x2, params)
+    assert_close(jax.jit(lambda a, b: ntk_fn(a, b, params))(x1, x2), cross, scale=10)
 
 
 def test_auto_prefers_structured_for_wide_dense_layers():
@@ -179,6 +215,8 @@ def test_auto_with_required_keyword_arguments(dtype):
 
     rng = jax.random.key(3)
     ntk_fn = ntkit.empirical_ntk_fn(f, vmap_axes=0)
-    assert ntk_fn.implementation_for(x1, x2, params, rng=rng) in ("jacobian", "ntvp", "structured")
+    chosen = ntk_fn.implementation_for(x1, x2, params, rng=rng)
+    explicit = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation=chosen)(x1, x2, params, rng=rng)
+    np.testing.assert_array_equal(ntk_fn(x1, x2, params, rng=rng), explicit)
     ref = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation="jacobian")(x1, x2, params, rng=rng)
-    assert_close(ntk_fn(x1, x2, params, rng=rng), ref, scale=10)
+    assert_close(explicit, ref, scale=10)

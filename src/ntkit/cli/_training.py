@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn as stax
+from .. import nn as stax
 
 W_STD = 2.0 ** 0.5
 B_STD = 0.05
@@ -28,7 +28,7 @@ def relu_network(depth: int, width: int, n_outputs: int) -> stax.serial:
 
 
 def mse_loss(f, y):
-    """`1/(2nk) Σ ‖f − y‖²` (THEORY.md §3)."""
+    """`1/(2nk) Σ ‖f − y‖²` (docs/theory.md §3)."""
     return 0.5 * jnp.mean((f - y) ** 2)
 
 
@@ -94,7 +94,7 @@ def predicted_curves(k_train_train, k_test_train, y_train, y_test, fx_train_0, f
 
     Gradient flow at time `t` in steps stands in for `t` steps of gradient descent (close below the critical rate).
     """
-    from .predict import gradient_descent_mse
+    from ..predict import gradient_descent_mse
 
     predict_fn = gradient_descent_mse(k_train_train, y_train, learning_rate=learning_rate)
     t = jnp.asarray(at, k_train_train.dtype)

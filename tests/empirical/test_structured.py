@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ntkit._structured import make_plan, trace_program
+from ntkit.empirical._structured import make_plan, trace_program
 from tests.models import MODELS
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import jax
 
-from ._checks import check_params
+from .._checks import check_params
 
 
 def _delta(params, params0):

@@ -28,8 +28,9 @@ import os
 import numpy as np
 import opt_einsum
 
-from ._axes import KernelLayout
+from .._layout import KernelLayout
 from ._model import Model
+from ._structured import conv_spec, dot_spec, example_shape, make_plan, model_program
 
 # Throughput gap between per-example backward passes and large contractions (see the module docstring).
 PASS_PENALTY = 4.0
@@ -63,8 +64,6 @@ def forward_flops(prog) -> float:
 
 def estimate_costs(model: Model, layout: KernelLayout, x1, x2, params, kwargs=None) -> dict[str, tuple[float, float]]:
     """`{implementation: (flops, bytes)}` for the given shapes."""
-    from ._structured import _conv_spec, _dot_spec, example_shape, make_plan, model_program
-
     prog, leaves, _ = model_program(model, params, kwargs or {}, example_shape(model, x1), x1.dtype)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
@@ -98,9 +97,9 @@ def estimate_costs(model: Model, layout: KernelLayout, x1, x2, params, kwargs=No
                     dn = op.params["dimension_numbers"]
                     c_q = x_shape[dn.lhs_spec[1]] * math.prod(rhs_shape[d] for d in dn.rhs_spec[2:])
                     x_shape = tuple(c_q if d == dn.out_spec[1] else s for d, s in enumerate(y_shape))
-                    spec = _conv_spec(op, layout, model.per_example)
+                    spec = conv_spec(op, layout, model.per_example)
                 else:
-                    spec = _dot_spec(op, pos, layout, model.per_example, len(x_shape))
+                    spec = dot_spec(op, pos, layout, model.per_example, len(x_shape))
                 lead = (n1,) if model.per_example else ()
                 lead2 = (n2,) if model.per_example else ()
                 g1 = (n1,) + layout.out_shape + tuple(y_shape)

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._axes import KernelLayout
-from ._jaxpr import Const, Program, _bind, run_program, trace_program
+from .._layout import KernelLayout
+from ._jaxpr import Const, Program, bind_primitive, run_program, trace_program
 from ._model import Model
 
 # Operations that rename or reshape a parameter without mixing entries (inner products are preserved).
@@ -196,7 +196,7 @@ class _Letters:
         return [next(self._pool) for _ in range(count)]
 
 
-def _dot_spec(op, pos: int, layout: KernelLayout, per_example: bool, x_ndim: int) -> str:
+def dot_spec(op, pos: int, layout: KernelLayout, per_example: bool, x_ndim: int) -> str:
     """Einsum of `Θ_W` for `y = dot_general(x, W)` (or `(W, x)`) over `x1, g1, x2, g2`."""
     (lc, rc), (lb, rb) = op.params["dimension_numbers"]
     pc, pb, xc, xb = (lc, lb, rc, rb) if pos == 0 else (rc, rb, lc, lb)
@@ -231,7 +231,7 @@ def _conv_patches(op, rhs_shape, x):
         dimension_numbers=dn, precision=op.params["precision"])
 
 
-def _conv_spec(op, layout: KernelLayout, per_example: bool) -> str:
+def conv_spec(op, layout: KernelLayout, per_example: bool) -> str:
     """Einsum of `Θ_W` for a convolution over `patches1, g1, patches2, g2` (both in the output layout)."""
     dn = op.params["dimension_numbers"]
     ndim = len(op.out_avals[0].shape)
@@ -258,7 +258,7 @@ def _view_value(prog: Program, plan: Plan, var: int, leaves):
         return leaves[view.param]
     op = prog.ops[view.op]
     invals = [i.value if isinstance(i, Const) else _view_value(prog, plan, i, leaves) for i in op.ins]
-    return _bind(op.prim, op.params, invals)[0]
+    return bind_primitive(op.prim, op.params, invals)[0]
 
 
 def _generic_jacobian(prog, plan, p, leaves, rec, g, per_example, n_lead):
@@ -281,7 +281,7 @@ def _generic_jacobian(prog, plan, p, leaves, rec, g, per_example, n_lead):
                         invals.append(_view_value(prog, plan, i, local))
                     else:
                         invals.append(rec_k[k][positions.index(pos)])
-                outs.append([o for o, a in zip(_bind(op.prim, op.params, invals), op.out_avals, strict=True)
+                outs.append([o for o, a in zip(bind_primitive(op.prim, op.params, invals), op.out_avals, strict=True)
                              if jnp.issubdtype(a.dtype, jnp.inexact)])
             return outs
 
@@ -326,16 +326,30 @@ def example_shape(model: Model, x) -> tuple[int, ...]:
     return (1,) + x.shape[1:] if model.per_example else x.shape
 
 
-def structured_kernel(model: Model, layout: KernelLayout, x1, x2, params, kwargs, fallback):
+def _programs(model: Model, x1, x2, params, kwargs):
+    """`(program on x1, program on x2, param leaves, array kwarg leaves, plan)`; the plan is None when the
+    parameters' uses cannot be classified or the two programs differ (then structured derivatives do not apply)."""
     def program_for(x):
         return model_program(model, params, kwargs, example_shape(model, x), x.dtype)
 
     prog1, leaves, kw_leaves = program_for(x1)
-    n_params = len(leaves)
-    plan = make_plan(prog1, n_params)
+    plan = make_plan(prog1, len(leaves))
     prog2 = prog1 if (x2 is None or model.per_example) else program_for(x2)[0]
-    if plan is None or [o.name for o in prog2.ops] != [o.name for o in prog1.ops]:
-        return fallback(model, layout, x1, x2, params, kwargs)
+    if [o.name for o in prog2.ops] != [o.name for o in prog1.ops]:
+        plan = None
+    return prog1, prog2, leaves, kw_leaves, plan
+
+
+def structured_supported(model: Model, x1, x2, params, kwargs) -> bool:
+    """Whether `structured_kernel` applies to this model and these inputs."""
+    return _programs(model, x1, x2, params, kwargs)[4] is not None
+
+
+def structured_kernel(model: Model, layout: KernelLayout, x1, x2, params, kwargs):
+    """The NTK by structured derivatives; call only where `structured_supported` holds."""
+    prog1, prog2, leaves, kw_leaves, plan = _programs(model, x1, x2, params, kwargs)
+    if plan is None:
+        raise ValueError("structured derivatives do not apply to this model; use implementation='jacobian'.")
 
     rec1, g1 = _side(prog1, plan, model, leaves, x1, kw_leaves, layout.out_shape)
     rec2, g2 = (rec1, g1) if x2 is None else _side(prog2, plan, model, leaves, x2, kw_leaves, layout.out_shape)
@@ -356,14 +370,14 @@ def structured_kernel(model: Model, layout: KernelLayout, x1, x2, params, kwargs
             xb = xa if x2 is None else rec2[k][plan.record[k].index(other)]
             ga, gb = g1[k][0], g2[k][0]
             if kind == "dot":
-                spec = _dot_spec(op, pos, layout, per, xa.ndim - (1 if per else 0))
+                spec = dot_spec(op, pos, layout, per, xa.ndim - (1 if per else 0))
             else:
                 rhs_shape = prog1.avals[op.ins[pos]].shape
                 patches = jax.vmap(partial(_conv_patches, op, rhs_shape)) if per else \
                     partial(_conv_patches, op, rhs_shape)
                 xa, xb = (patches(xa), None) if x2 is None else (patches(xa), patches(xb))
                 xb = xa if xb is None else xb
-                spec = _conv_spec(op, layout, per)
+                spec = conv_spec(op, layout, per)
             term = jnp.einsum(spec, xa, ga, xb, gb, optimize="optimal")
             total = total + term * (scale * scale)
         else:

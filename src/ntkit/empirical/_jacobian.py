@@ -7,7 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._axes import KernelLayout
+from .._layout import KernelLayout
 from ._model import Model
 
 

@@ -6,7 +6,10 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from .._empirical import Kernel, empirical_kernel_fn
+from .._checks import check_positive_int
+from .._kernel import parse_get, select
+from .._kwargs import fold_rng
+from ._api import empirical_kernel_fn
 
 
 def monte_carlo_kernel_fn(
@@ -37,25 +40,17 @@ def monte_carlo_kernel_fn(
     Returns:
       The kernel function; with a string `get` an array, with a tuple a `Kernel(nngp, ntk)`.
     """
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-        raise ValueError(f"`n_samples` must be a positive integer, got {n_samples!r}.")
+    n_samples = check_positive_int(n_samples, "n_samples")
     empirical = empirical_kernel_fn(apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, batch_size)
 
     def kernel_fn(x1, x2=None, get=("nngp", "ntk"), **kwargs):
-        single = isinstance(get, str)
-        gets = (get,) if single else tuple(get)
+        gets, single = parse_get(get)
         total = None
         for s in range(n_samples):
             _, params = init_fn(jax.random.fold_in(key, s), x1.shape)
-            kw = dict(kwargs)
-            if kw.get("rng") is not None:
-                kw["rng"] = jax.random.fold_in(kw["rng"], s)
-            k = empirical(x1, x2, gets, params, **kw)
+            k = empirical(x1, x2, gets, params, **fold_rng(kwargs, s))
             vals = [getattr(k, g) for g in gets]
             total = vals if total is None else [t + v for t, v in zip(total, vals, strict=True)]
-        means = [t / n_samples for t in total]
-        if single:
-            return means[0]
-        return Kernel(**{g: (means[gets.index(g)] if g in gets else None) for g in ("nngp", "ntk")})
+        return select({g: t / n_samples for g, t in zip(gets, total, strict=True)}, gets, single)
 
     return kernel_fn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -71,7 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_modules(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
 def _demo(args, parser) -> int:
+    missing = _missing_modules("sklearn", "matplotlib")
+    if missing:
+        print(f"ntkit demo: error: needs {' and '.join(missing)} (its data sets and plots); install them with "
+              "`pip install 'ntkit[cli]'`.", file=sys.stderr)
+        return 2
     from ._demo import DEFAULTS, QUICK, run_demo
     from ._report import summary_lines, write_report
 

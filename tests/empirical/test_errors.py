@@ -14,7 +14,7 @@ def mlp(dtype):
 
 def test_feature_shapes_must_match(mlp):
     f, params, x1, _ = mlp
-    with pytest.raises(ValueError, match="`x1` and `x2` must have the same feature shape"):
+    with pytest.raises(ValueError, match="`x1` and `x2` must have the same shape past the batch axis"):
         ntkit.empirical_ntk_fn(f)(x1, jnp.ones((2, 7), x1.dtype), params)
 
 

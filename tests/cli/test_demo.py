@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from ntkit._cli import main
-from ntkit._demo import QUICK, spectrum_summary
-from ntkit._report import curve_gap
-from ntkit._training import checkpoints
+from ntkit.cli import main
+from ntkit.cli._demo import QUICK, spectrum_summary
+from ntkit.cli._report import curve_gap
+from ntkit.cli._training import checkpoints
 
 FILES = ("metrics.json", "report.md", "training_curves.png", "kernel_change.png", "spectrum.png")
 

@@ -7,7 +7,7 @@ covariance (NNGP) `Σ`, the NTK `Θ` and each input's own covariance, in one of 
 * full: every pair of positions, axes interleaved as neural-tangents and `ntkit.empirical_kernel_fn` lay them out;
   `nngp` has shape `(N1, N2, S_1, S_1', ..., S_k, S_k')`, `cov1` `(N1, S_1, S_1', ...)`.
 
-A network ending in `Flatten` only ever needs the diagonal (THEORY.md §2); pooling and attention need the full one.
+A network ending in `Flatten` only ever needs the diagonal (docs/theory.md §2); pooling and attention need the full one.
 
 The per-example covariances `cov1`, `cov2` are carried at one of three levels, the least that later layers read:
 `COV_FULL` (the layout of `nngp`), `COV_DIAGONAL` (positions `i = i'` only, `cov_diagonal=True`: nonlinearities
@@ -18,12 +18,23 @@ read just the variances, so a network whose pooling output feeds no nonlinearity
 from __future__ import annotations
 
 import dataclasses
+import enum
 import string
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-COV_NONE, COV_DIAGONAL, COV_FULL = 0, 1, 2
+
+class CovLevel(enum.IntEnum):
+    """How much of the per-example covariances a kernel state carries (ordered: more is larger)."""
+
+    NONE = 0
+    DIAGONAL = 1
+    FULL = 2
+
+
+COV_NONE, COV_DIAGONAL, COV_FULL = CovLevel.NONE, CovLevel.DIAGONAL, CovLevel.FULL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +87,7 @@ class KernelState:
         return self.diagonal_spatial or self.cov_diagonal
 
     @property
-    def cov_level(self) -> int:
+    def cov_level(self) -> CovLevel:
         if self.cov1 is None:
             return COV_NONE
         return COV_DIAGONAL if self.cov_is_diagonal and self.n_spatial else COV_FULL
@@ -121,8 +132,8 @@ def interleave(a: str, b: str) -> str:
 
 
 def input_state(x1: jax.Array, x2: jax.Array | None, diagonal_spatial: bool, compute_ntk: bool,
-                cov_level: int = COV_FULL) -> KernelState:
-    """Kernel of the inputs: `Σ⁰(x, x')[i, i'] = Σ_c x[i, c] x'[i', c] / C`, `Θ⁰ = 0` (THEORY.md §2).
+                cov_level: CovLevel = COV_FULL) -> KernelState:
+    """Kernel of the inputs: `Σ⁰(x, x')[i, i'] = Σ_c x[i, c] x'[i', c] / C`, `Θ⁰ = 0` (docs/theory.md §2).
 
     Args:
       x1: `(N1, *S, C)`; flat inputs are `(N1, C)`.
@@ -203,7 +214,7 @@ def without_covariances(k: KernelState) -> KernelState:
     return k.replace(cov1=None, cov2=None, cov_diagonal=False)
 
 
-def mixing_cov_needs(out_level: int) -> int:
+def mixing_cov_needs(out_level: CovLevel) -> CovLevel:
     """`cov_needs` of a layer mixing positions: full covariances in to produce any covariances out."""
     return COV_FULL if out_level >= COV_DIAGONAL else COV_NONE
 
@@ -229,3 +240,10 @@ def align_covariances(ks: list[KernelState]) -> list[KernelState]:
             out.append(k.replace(cov1=spatial_diagonal(cov1, 1, n),
                                  cov2=None if cov2 is None else spatial_diagonal(cov2, 1, n), cov_diagonal=True))
     return out
+
+
+def check_state(k: Any, layer: str) -> KernelState:
+    """`k` if it is one kernel state; a layer taking one input names itself in the error otherwise."""
+    if not isinstance(k, KernelState):
+        raise ValueError(f"{layer} takes one input; got {type(k).__name__} (use a FanIn* layer to merge branches).")
+    return k

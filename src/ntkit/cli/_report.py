@@ -164,7 +164,7 @@ def summary_lines(metrics: dict) -> list[str]:
                      f"{_fmt(e['kernel_change'], '8.4f')} {_fmt(e['init_deviation_from_analytic'], '9.4f')}")
     lines += ["", f"log-log slope of the kernel change ‖Θ_T − Θ_0‖_F/‖Θ_0‖_F vs width: "
                   f"{_fmt(metrics['kernel_change_slope'], '.3f')} "
-                  "(THEORY.md §4: −1/2 or steeper; Dyer & Gur-Ari 2019: −1)",
+                  "(docs/theory.md §4: −1/2 or steeper; Dyer & Gur-Ari 2019: −1)",
               f"log-log slope of ‖Θ̂_0 − Θ‖_F/‖Θ‖_F vs width: {_fmt(metrics['init_deviation_slope'], '.3f')} "
               "(theory: −1/2)",
               f"total time {metrics['seconds']:.1f} s"]
@@ -185,7 +185,7 @@ def _markdown(metrics: dict, plots: list[str]) -> str:
         lines.append(f"| {width} | {_fmt(e['train_loss_gap_empirical_ntk'], '.3g')} | "
                      f"{_fmt(e['train_loss_gap_analytic_ntk'], '.3g')} |")
     lines += ["", "Gap: `max_t |L_real(t) − L_predicted(t)| / L_real(0)` over the recorded steps.", "",
-              "THEORY.md §4 bounds the kernel's change during training by `O(n^{-1/2})`; the finer analysis of "
+              "docs/theory.md §4 bounds the kernel's change during training by `O(n^{-1/2})`; the finer analysis of "
               "Dyer & Gur-Ari (2019, \"Asymptotics of wide networks from Feynman diagrams\") gives `O(1/n)` for it, "
               "while the deviation of the empirical NTK from the analytic one at initialization is `O(n^{-1/2})`. "
               "The fitted slopes above are reported as measured, over the widths run.", ""]

@@ -52,7 +52,7 @@ class Program:
     avals_out: tuple = ()
 
 
-def _bind(prim, params, invals):
+def bind_primitive(prim, params, invals):
     bound = prim.get_bind_params(params)
     # Older JAX releases return `(subfuns, params)`, newer ones the params alone.
     subfuns, bind_params = bound if isinstance(bound, tuple) else ((), bound)
@@ -90,7 +90,7 @@ def build_program(closed: jcore.ClosedJaxpr) -> Program:
                 else:
                     outs = walk(sub, [], ins)
             elif all(isinstance(i, Const) for i in ins) and not eqn.effects:
-                outs = [Const(v) for v in _bind(eqn.primitive, eqn.params, [i.value for i in ins])]
+                outs = [Const(v) for v in bind_primitive(eqn.primitive, eqn.params, [i.value for i in ins])]
             else:
                 ids = tuple(fresh() for _ in eqn.outvars)
                 prog.avals.update((i, v.aval) for i, v in zip(ids, eqn.outvars, strict=True))
@@ -128,7 +128,7 @@ def run_program(prog: Program, inputs, eps: dict | None = None, record: dict | N
         invals = [read(i) for i in op.ins]
         if k in record:
             recorded[k] = [invals[p] for p in record[k]]
-        outvals = _bind(op.prim, op.params, invals)
+        outvals = bind_primitive(op.prim, op.params, invals)
         if k in eps:
             outvals = [o if e is None else o + e for o, e in zip(outvals, eps[k], strict=True)]
         for i, o in zip(op.outs, outvals, strict=True):

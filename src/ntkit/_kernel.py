@@ -1,0 +1,41 @@
+"""The `Kernel(nngp, ntk)` named tuple that every stage returns, and the parsing of `get` that selects from it."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from typing import Any, Literal
+
+Get = Literal["nngp", "ntk"]
+GETS: tuple[Get, ...] = ("nngp", "ntk")
+
+Kernel = collections.namedtuple("Kernel", GETS)
+Kernel.__doc__ = """NNGP and NTK of the same inputs; a field is `None` when it was not asked for."""
+
+
+def parse_get(get: Any, allowed: tuple[str, ...] = GETS, allow_none: bool = False) -> tuple[tuple[str, ...], bool]:
+    """`(gets, single)`: the requested kernels as a tuple (lower case) and whether one string was given.
+
+    `get=None` means every kernel of `allowed` when `allow_none`, and is an error otherwise.
+    """
+    if get is None:
+        if allow_none:
+            return tuple(allowed), False
+        raise ValueError(f"`get` must be one of {allowed} or a tuple of them, got None.")
+    single = isinstance(get, str)
+    try:
+        gets = (get,) if single else tuple(get)
+    except TypeError:
+        gets = ()
+    gets = tuple(g.lower() if isinstance(g, str) else g for g in gets)
+    if not gets or any(g not in allowed for g in gets) or len(set(gets)) != len(gets):
+        also = ", or None" if allow_none else ""
+        raise ValueError(f"`get` must be one of {allowed}, a tuple of them without repeats{also}; got {get!r}.")
+    return gets, single
+
+
+def select(values: Mapping[str, Any], gets: tuple[str, ...], single: bool) -> Any:
+    """The array of the one requested kernel when `single`, else a `Kernel` with `None` where not requested."""
+    if single:
+        return values[gets[0]]
+    return Kernel(**{g: values[g] if g in gets else None for g in GETS})

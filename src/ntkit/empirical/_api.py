@@ -1,0 +1,300 @@
+"""Empirical (finite-width) NTK and NNGP of any JAX model: the public factories over the implementations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from .. import _checks
+from .._kernel import parse_get, select
+from .._kwargs import split_kwargs
+from .._layout import KernelLayout
+from .._tiling import Tiles
+from ._cost import choose_implementation
+from ._jacobian import jacobian_kernel
+from ._model import Model, output_shape
+from ._ntvp import ntk_vp, ntvp_kernel
+from ._structured import structured_kernel, structured_supported
+
+logger = logging.getLogger("ntkit.empirical")
+
+Implementation = Literal["auto", "jacobian", "ntvp", "structured"]
+_IMPLEMENTATIONS: tuple[Implementation, ...] = ("auto", "jacobian", "ntvp", "structured")
+# neural-tangents' integer codes: 0 AUTO, 1 JACOBIAN_CONTRACTION, 2 NTK_VECTOR_PRODUCTS, 3 STRUCTURED_DERIVATIVES.
+_IMPLEMENTATION_CODES: dict[int, Implementation] = dict(enumerate(_IMPLEMENTATIONS))
+
+
+def _canonical_implementation(implementation: Any) -> Implementation:
+    if isinstance(implementation, int) and not isinstance(implementation, bool):
+        if implementation not in _IMPLEMENTATION_CODES:
+            raise ValueError(f"`implementation` code must be 0-3, got {implementation}.")
+        return _IMPLEMENTATION_CODES[implementation]
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(f"`implementation` must be one of {_IMPLEMENTATIONS} or 0-3, got {implementation!r}.")
+    return implementation
+
+
+def _per_example(vmap_axes: Any) -> bool:
+    if vmap_axes is None:
+        return False
+    if vmap_axes == 0 or vmap_axes == (0, 0) or vmap_axes == (0, 0, {}) or vmap_axes == (0, 0, None):
+        return True
+    raise ValueError(
+        "`vmap_axes` must be None (examples may interact, e.g. batch norm in training mode) or 0 / (0, 0) "
+        f"(examples are independent and the batch axis is first), got {vmap_axes!r}."
+    )
+
+
+def _ntk_block(implementation, model, layout, x1, x2, params, kwargs):
+    if implementation == "jacobian":
+        return jacobian_kernel(model, layout, x1, x2, params, kwargs)
+    if implementation == "ntvp":
+        return ntvp_kernel(model, layout, x1, x2, params, kwargs)
+    return structured_kernel(model, layout, x1, x2, params, kwargs)
+
+
+def _nngp_block(model, layout, x1, x2, params, kwargs):
+    f1 = model.batch(params, x1, kwargs)
+    f2 = f1 if x2 is None else model.batch(params, x2, kwargs)
+    return jnp.einsum(f"{layout.side1},{layout.side2}->{layout.out}", f1, f2)
+
+
+def _block(get, implementation, model, layout, static_kwargs, x1, x2, params, dynamic_kwargs):
+    kwargs = dict(dynamic_kwargs, **dict(static_kwargs))
+    out = []
+    for g in get:
+        k = (_nngp_block(model, layout, x1, x2, params, kwargs) if g == "nngp"
+             else _ntk_block(implementation, model, layout, x1, x2, params, kwargs))
+        out.append(k / layout.trace_size)
+    return tuple(out)
+
+
+_jit_block = jax.jit(_block, static_argnums=(0, 1, 2, 3, 4))
+
+
+class _Engine:
+    """What the three factories share: validation, the choice of implementation, tiling and `get`."""
+
+    def __init__(self, f: Callable[..., Any], trace_axes: Any, diagonal_axes: Any, vmap_axes: Any,
+                 implementation: Any, batch_size: Any):
+        if not callable(f):
+            raise TypeError(f"`f` must be callable as f(params, x, **kwargs), got {type(f).__name__}.")
+        self.model = Model(f, _per_example(vmap_axes))
+        self.trace_axes = trace_axes
+        self.diagonal_axes = diagonal_axes
+        self.implementation = _canonical_implementation(implementation)
+        self.batch_size = _checks.check_batch_size(batch_size)
+        # the cost model's choice per input shapes; a pure function of static shapes, so safe under `jit`
+        self._auto_cache: dict[Any, str] = {}
+
+    def resolve(self, layout: KernelLayout, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> str:
+        """The implementation that runs: `"auto"` resolved by the cost model, and `"structured"` replaced by
+        `"jacobian"` (with a debug log) when the model has no structure to exploit."""
+        key = (self.implementation, layout, x1.shape, None if x2 is None else x2.shape, str(x1.dtype),
+               tuple(jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(params)),
+               tuple(sorted(kwargs)))
+        if key not in self._auto_cache:
+            choice = self.implementation
+            if choice == "auto":
+                choice = choose_implementation(self.model, layout, x1, x2, params, kwargs)
+            if choice == "structured" and not structured_supported(self.model, x1, x2, params, kwargs):
+                logger.debug("structured derivatives do not apply to this model (a parameter is returned by f "
+                             "unchanged, or f's traced program differs between x1 and x2): using 'jacobian'.")
+                choice = "jacobian"
+            self._auto_cache[key] = choice
+        return self._auto_cache[key]
+
+    def prepare(self, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, KernelLayout]:
+        x1 = _checks.check_array(x1, "x1", min_ndim=1)
+        if x2 is not None:
+            x2 = _checks.check_array(x2, "x2", min_ndim=1)
+            _checks.check_same_features(x1, x2)
+        _checks.check_params(params)
+        out_shape = output_shape(self.model, params, x1, kwargs)
+        if x2 is not None:
+            output_shape(self.model, params, x2, kwargs)
+        layout = KernelLayout.build(out_shape[1:], self.trace_axes, self.diagonal_axes)
+        if layout.batch_diagonal and x2 is not None and x2.shape[0] != x1.shape[0]:
+            raise ValueError("`diagonal_axes` holds the batch axis 0, so `x1` and `x2` need the same number of "
+                             f"examples; got {x1.shape[0]} and {x2.shape[0]}.")
+        return x1, x2, layout
+
+    def implementation_for(self, x1: Any, x2: Any = None, params: Any = None, **kwargs: Any) -> str:
+        """The implementation that runs for these inputs: the cost model's choice for `"auto"`, and
+        `"jacobian"` where structured derivatives do not apply."""
+        x1, x2, layout = self.prepare(x1, x2, params, kwargs)
+        return self.resolve(layout, x1, x2, params, kwargs)
+
+    def __call__(self, x1: Any, x2: Any, get: Any, params: Any, batch_size: Any,
+                 kwargs: dict[str, Any]) -> Any:
+        gets, single = parse_get(get)
+        x1, x2, layout = self.prepare(x1, x2, params, kwargs)
+        batch_size = _checks.check_batch_size(batch_size) or self.batch_size
+        implementation = self.resolve(layout, x1, x2, params, kwargs) if "ntk" in gets else "jacobian"
+        dynamic, static = split_kwargs(kwargs)
+        model = self.model
+
+        def block(a: Any, b: Any) -> tuple[jax.Array, ...]:
+            return _jit_block(gets, implementation, model, layout, static, a, b, params, dynamic)
+
+        tiles = Tiles.build(x1.shape[0], None if x2 is None else x2.shape[0], batch_size, layout.batch_diagonal)
+        if tiles.single:
+            results = block(x1, x2)
+        else:
+            blocks: list[dict[tuple[int, int], jax.Array]] = [{} for _ in gets]
+            for i, j in tiles.progress():
+                for store, value in zip(blocks, block(*tiles.inputs(x1, x2, i, j)), strict=True):
+                    store[i, j] = value
+            mirror = layout.mirror_permutation()
+            results = tuple(tiles.assemble(b, mirror) for b in blocks)
+        return select(dict(zip(gets, results, strict=True)), gets, single)
+
+
+class EmpiricalKernelFn:
+    """`kernel_fn(x1, x2=None, get=("nngp", "ntk"), params=None, batch_size=None, **kwargs)`, from
+    `empirical_kernel_fn`: a `Kernel(nngp, ntk)` for a tuple `get`, an array for a string."""
+
+    def __init__(self, engine: _Engine):
+        self._engine = engine
+
+    def __call__(self, x1: Any, x2: Any = None, get: Any = ("nngp", "ntk"), params: Any = None,
+                 batch_size: int | None = None, **kwargs: Any) -> Any:
+        return self._engine(x1, x2, get, params, batch_size, kwargs)
+
+    def implementation_for(self, x1: Any, x2: Any = None, params: Any = None, **kwargs: Any) -> str:
+        """The implementation that computes the NTK for these inputs (what `"auto"` chose; `"jacobian"` where
+        structured derivatives do not apply)."""
+        return self._engine.implementation_for(x1, x2, params, **kwargs)
+
+
+class EmpiricalNTKFn:
+    """`ntk_fn(x1, x2=None, params=None, batch_size=None, **kwargs)`, from `empirical_ntk_fn`."""
+
+    def __init__(self, engine: _Engine):
+        self._engine = engine
+
+    def __call__(self, x1: Any, x2: Any = None, params: Any = None, batch_size: int | None = None,
+                 **kwargs: Any) -> jax.Array:
+        return self._engine(x1, x2, "ntk", params, batch_size, kwargs)
+
+    def implementation_for(self, x1: Any, x2: Any = None, params: Any = None, **kwargs: Any) -> str:
+        """The implementation that computes the NTK for these inputs (see `EmpiricalKernelFn`)."""
+        return self._engine.implementation_for(x1, x2, params, **kwargs)
+
+
+class EmpiricalNNGPFn:
+    """`nngp_fn(x1, x2=None, params=None, batch_size=None, **kwargs)`, from `empirical_nngp_fn`."""
+
+    def __init__(self, engine: _Engine):
+        self._engine = engine
+
+    def __call__(self, x1: Any, x2: Any = None, params: Any = None, batch_size: int | None = None,
+                 **kwargs: Any) -> jax.Array:
+        return self._engine(x1, x2, "nngp", params, batch_size, kwargs)
+
+
+def empirical_kernel_fn(
+    f: Callable[..., Any],
+    trace_axes: int | Sequence[int] = (-1,),
+    diagonal_axes: int | Sequence[int] = (),
+    vmap_axes: Any = None,
+    implementation: Implementation | int = "auto",
+    batch_size: int | None = None,
+) -> EmpiricalKernelFn:
+    """Empirical NNGP and NTK of a finite model, as `kernel_fn(x1, x2, get, params, **kwargs)`.
+
+    For a model `f(params, x, **kwargs)` returning `(N, O_1, ..., O_d)` (batch first):
+
+    * NTK `Θ̂(x, x') = Σ_p ∂f(x)/∂p ∂f(x')/∂p` over every parameter leaf (docs/theory.md §1);
+    * NNGP `K̂(x, x') = f(x) f(x')ᵀ`.
+
+    Output axes in `trace_axes` are contracted and *averaged* (so a traced kernel of an `O`-output readout is the
+    per-output kernel); axes in `diagonal_axes` keep only the diagonal (axis `0` is the batch diagonal). The result
+    has shape `(N1, N2, *diagonal axes, O_k, O_k', ...)`, as in neural-tangents.
+
+    Args:
+      f: the model, `f(params, x, **kwargs) -> array`; `params` any pytree of floating arrays (dicts, Flax
+        variables, an Equinox model's arrays from `eqx.partition`).
+      trace_axes: output axes to trace over (default the last, the logits).
+      diagonal_axes: output axes to keep the diagonal of.
+      vmap_axes: `None` (examples may interact) or `0` (they are independent and the batch axis is first): then
+        derivatives are taken one example at a time, which is much faster.
+      implementation: `"jacobian"` (explicit Jacobians contracted), `"ntvp"` (NTK-vector products, no Jacobian
+        stored), `"structured"` (structured derivatives: dense and convolutional layers through small Gram
+        matrices, Novak et al. 2022), or `"auto"`, which estimates every method's FLOPs and memory from the shapes
+        of `f`'s traced program and picks the cheapest that fits in half the machine's memory (see
+        docs/empirical.md). The integers 0–3 of neural-tangents (auto, jacobian, ntvp, structured) are accepted.
+      batch_size: tile `x1` and `x2` into blocks of this many examples, bounding peak memory; tiled and untiled
+        results agree. Can also be passed to the returned function.
+
+    Returns:
+      An `EmpiricalKernelFn`, `kernel_fn(x1, x2=None, get=("nngp", "ntk"), params, batch_size=None, **kwargs)`:
+      `x2=None` means `x1` and then only blocks on and above the diagonal are computed. With a string `get` an
+      array comes back, with a tuple a named tuple `Kernel(nngp, ntk)`. It works under `jax.jit` (tiled too).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, ntkit
+      >>> f = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
+      >>> p = {"w1": jax.random.normal(jax.random.key(0), (3, 64)) / 3 ** 0.5,
+      ...      "w2": jax.random.normal(jax.random.key(1), (64, 2)) / 8}
+      >>> kernel_fn = ntkit.empirical_kernel_fn(f, vmap_axes=0)
+      >>> kernel_fn(jnp.ones((4, 3)), None, "ntk", p).shape
+      (4, 4)
+    """
+    return EmpiricalKernelFn(_Engine(f, trace_axes, diagonal_axes, vmap_axes, implementation, batch_size))
+
+
+def empirical_ntk_fn(
+    f: Callable[..., Any],
+    trace_axes: int | Sequence[int] = (-1,),
+    diagonal_axes: int | Sequence[int] = (),
+    vmap_axes: Any = None,
+    implementation: Implementation | int = "auto",
+    batch_size: int | None = None,
+) -> EmpiricalNTKFn:
+    """Empirical NTK, `ntk_fn(x1, x2=None, params=None, batch_size=None, **kwargs)`; see `empirical_kernel_fn`."""
+    return EmpiricalNTKFn(_Engine(f, trace_axes, diagonal_axes, vmap_axes, implementation, batch_size))
+
+
+def empirical_nngp_fn(
+    f: Callable[..., Any],
+    trace_axes: int | Sequence[int] = (-1,),
+    diagonal_axes: int | Sequence[int] = (),
+    batch_size: int | None = None,
+) -> EmpiricalNNGPFn:
+    """Empirical NNGP `f(x1) f(x2)ᵀ`, `nngp_fn(x1, x2=None, params=None, batch_size=None, **kwargs)`; see
+    `empirical_kernel_fn`."""
+    return EmpiricalNNGPFn(_Engine(f, trace_axes, diagonal_axes, None, "jacobian", batch_size))
+
+
+def empirical_ntk_vp_fn(f: Callable[..., Any], x1: Any, x2: Any, params: Any,
+                        **kwargs: Any) -> Callable[[Any], jax.Array]:
+    """`v ↦ Θ(x1, x2) v` without forming `Θ`: one vjp through `f(·, x2)` and one jvp through `f(·, x1)`.
+
+    `v` has the shape of `f(params, x2)`; the result the shape of `f(params, x1)`. No trace over outputs: this is
+    the full NTK acting on output space, as gradient descent sees it. `x2=None` means `x1`.
+    """
+    x1 = _checks.check_array(x1, "x1")
+    x2 = x1 if x2 is None else _checks.check_array(x2, "x2")
+    _checks.check_same_features(x1, x2)
+    _checks.check_params(params)
+    model = Model(f, False)
+    out2 = output_shape(model, params, x2, kwargs)
+
+    @jax.jit
+    def vp(v: jax.Array) -> jax.Array:
+        return ntk_vp(model, x1, x2, params, kwargs, v)
+
+    def ntk_vp_fn(v: Any) -> jax.Array:
+        v = jnp.asarray(v)
+        if v.shape != out2:
+            raise ValueError(f"`v` must have the shape of f(params, x2), {out2}; got {v.shape}.")
+        return vp(v)
+
+    return ntk_vp_fn
+
+
