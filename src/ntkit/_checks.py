@@ -77,19 +77,20 @@ def check_same_features(x1: Any, x2: Any, name1: str = "x1", name2: str = "x2") 
         )
 
 
-def check_positive_int(value: Any, name: str, allow_none: bool = False) -> int | None:
-    """A positive Python integer (or None when `allow_none`)."""
-    if value is None and allow_none:
-        return None
+def check_positive_int(value: Any, name: str) -> int:
+    """A positive Python integer."""
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        also = " or None" if allow_none else ""
-        raise ValueError(f"`{name}` must be a positive integer{also}, got {value!r}.")
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     return int(value)
 
 
 def check_batch_size(batch_size: Any) -> int | None:
     """`batch_size`: a positive integer or None (no tiling)."""
-    return check_positive_int(batch_size, "batch_size", allow_none=True)
+    if batch_size is None:
+        return None
+    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
+    return int(batch_size)
 
 
 def check_scalar(value: Any, name: str, positive: bool = False) -> Any:

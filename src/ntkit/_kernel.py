@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Get = Literal["nngp", "ntk"]
 GETS: tuple[Get, ...] = ("nngp", "ntk")
 
-Kernel = collections.namedtuple("Kernel", GETS)
-Kernel.__doc__ = """NNGP and NTK of the same inputs; a field is `None` when it was not asked for."""
+
+class Kernel(NamedTuple):
+    """NNGP and NTK of the same inputs, `(N1, N2, ...)` each; a field is `None` when it was not asked for."""
+
+    nngp: Any = None
+    ntk: Any = None
 
 
 def parse_get(get: Any, allowed: tuple[str, ...] = GETS, allow_none: bool = False) -> tuple[tuple[str, ...], bool]:

@@ -98,7 +98,7 @@ class _Engine:
                tuple(jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(params)),
                tuple(sorted(kwargs)))
         if key not in self._auto_cache:
-            choice = self.implementation
+            choice: str = self.implementation
             if choice == "auto":
                 choice = choose_implementation(self.model, layout, x1, x2, params, kwargs)
             if choice == "structured" and not structured_supported(self.model, x1, x2, params, kwargs):

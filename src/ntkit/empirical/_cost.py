@@ -15,8 +15,8 @@ the kernel entries per pair of examples (`O` traced, `O²` full), `N1, N2` the e
 
 FLOPs are not seconds: the per-example backward passes of the Jacobian method (one tiny weight gradient per
 example and output, under `vmap`) run far below the throughput of the large contractions the structured method
-does instead. `benchmarks/empirical_ntk.py` measured that gap at about 6× on its convolutional case for equal
-FLOP counts; the model charges the Jacobian and NTK-vector-product passes `PASS_PENALTY = 4` times their FLOPs.
+does instead. `benchmarks/empirical_ntk.py` measures that gap on its convolutional case; the model charges the Jacobian
+and NTK-vector-product passes `PASS_PENALTY = 4` times their FLOPs.
 The cheapest method whose memory fits in half of the machine's memory wins; if none fits, the least memory.
 """
 

@@ -3,26 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 
 from .._checks import check_positive_int
 from .._kernel import parse_get, select
 from .._kwargs import fold_rng
-from ._api import empirical_kernel_fn
+from ._api import EmpiricalKernelFn, Implementation, empirical_kernel_fn
+
+
+class MonteCarloKernelFn:
+    """`kernel_fn(x1, x2=None, get=("nngp", "ntk"), **apply_kwargs)` from `monte_carlo_kernel_fn`."""
+
+    def __init__(self, init_fn: Callable[..., Any], key: jax.Array, n_samples: int, empirical: EmpiricalKernelFn):
+        self._init_fn = init_fn
+        self._key = key
+        self._n_samples = n_samples
+        self._empirical = empirical
+
+    def __call__(self, x1: Any, x2: Any = None, get: Any = ("nngp", "ntk"), **kwargs: Any) -> Any:
+        gets, single = parse_get(get)
+        total: list[Any] = []
+        for s in range(self._n_samples):
+            _, params = self._init_fn(jax.random.fold_in(self._key, s), x1.shape)
+            k = self._empirical(x1, x2, gets, params, **fold_rng(kwargs, s))
+            values = [getattr(k, g) for g in gets]
+            total = values if not total else [t + v for t, v in zip(total, values, strict=True)]
+        return select({g: t / self._n_samples for g, t in zip(gets, total, strict=True)}, gets, single)
 
 
 def monte_carlo_kernel_fn(
-    init_fn: Callable,
-    apply_fn: Callable,
+    init_fn: Callable[..., Any],
+    apply_fn: Callable[..., Any],
     key: jax.Array,
     n_samples: int,
     batch_size: int | None = None,
     trace_axes: int | Sequence[int] = (-1,),
     diagonal_axes: int | Sequence[int] = (),
-    vmap_axes=None,
-    implementation="auto",
-):
+    vmap_axes: Any = None,
+    implementation: Implementation | int = "auto",
+) -> MonteCarloKernelFn:
     """`kernel_fn(x1, x2=None, get=("nngp", "ntk"), **apply_kwargs)` averaging `n_samples` finite networks.
 
     For sample `s`, parameters come from `init_fn(fold_in(key, s), x1.shape)` and the empirical kernels
@@ -38,19 +59,9 @@ def monte_carlo_kernel_fn(
       batch_size, trace_axes, diagonal_axes, vmap_axes, implementation: as in `ntkit.empirical_kernel_fn`.
 
     Returns:
-      The kernel function; with a string `get` an array, with a tuple a `Kernel(nngp, ntk)`.
+      A `MonteCarloKernelFn`, `kernel_fn(x1, x2=None, get=("nngp", "ntk"), **apply_kwargs)`: with a string `get`
+      an array, with a tuple a `Kernel(nngp, ntk)`.
     """
     n_samples = check_positive_int(n_samples, "n_samples")
     empirical = empirical_kernel_fn(apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, batch_size)
-
-    def kernel_fn(x1, x2=None, get=("nngp", "ntk"), **kwargs):
-        gets, single = parse_get(get)
-        total = None
-        for s in range(n_samples):
-            _, params = init_fn(jax.random.fold_in(key, s), x1.shape)
-            k = empirical(x1, x2, gets, params, **fold_rng(kwargs, s))
-            vals = [getattr(k, g) for g in gets]
-            total = vals if total is None else [t + v for t, v in zip(total, vals, strict=True)]
-        return select({g: t / n_samples for g, t in zip(gets, total, strict=True)}, gets, single)
-
-    return kernel_fn
+    return MonteCarloKernelFn(init_fn, key, n_samples, empirical)

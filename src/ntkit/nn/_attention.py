@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ class GlobalSelfAttention(Layer):
     W_query_std: float = 1.0
     W_out_std: float = 1.0
     b_std: float | None = None
-    attention_mechanism: str = "SOFTMAX"
+    attention_mechanism: Literal["SOFTMAX", "IDENTITY"] = "SOFTMAX"
 
     def __post_init__(self):
         mechanism = str(self.attention_mechanism).upper()

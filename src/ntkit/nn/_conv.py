@@ -8,10 +8,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._dense import affine_kernel, affine_scales, check_parameterization, init_affine
+from ._dense import Parameterization, affine_kernel, affine_scales, check_parameterization, init_affine
 from ._layer import Layer
 from ._state import check_state
-from ._windows import check_padding, out_size, pads, window_sum
+from ._windows import Padding, check_padding, out_size, pads, window_sum
 
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
@@ -42,10 +42,10 @@ class Conv(Layer):
     out_chan: int
     filter_shape: tuple[int, ...]
     strides: tuple[int, ...] | None = None
-    padding: str = "VALID"
+    padding: Padding = "VALID"
     W_std: float = 1.0
     b_std: float | None = None
-    parameterization: str = "ntk"
+    parameterization: Parameterization = "ntk"
 
     def __post_init__(self):
         check_parameterization(self.parameterization)
@@ -88,7 +88,7 @@ class Conv(Layer):
         if self.padding == "CIRCULAR":
             x = jnp.pad(x, [(0, 0)] + padding + [(0, 0)], mode="wrap")
             padding = [(0, 0)] * len(padding)
-        z = jax.lax.conv_general_dilated(x, w, self.strides, padding,
+        z = jax.lax.conv_general_dilated(x, w, self._strides, padding,
                                          dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
         s_w, s_b = affine_scales(self.W_std, self.b_std, self.parameterization, w.shape[-2] * math.prod(w.shape[:-2]))
         z = s_w * z

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 
 from ._layer import Layer
 from ._state import KernelState, check_state
 
-_PARAMETERIZATIONS = ("ntk", "standard")
+Parameterization = Literal["ntk", "standard"]
+_PARAMETERIZATIONS: tuple[Parameterization, ...] = ("ntk", "standard")
 
 
 def check_parameterization(parameterization: str) -> None:
@@ -89,7 +91,7 @@ class Dense(Layer):
     out_dim: int
     W_std: float = 1.0
     b_std: float | None = None
-    parameterization: str = "ntk"
+    parameterization: Parameterization = "ntk"
 
     def __post_init__(self):
         check_parameterization(self.parameterization)

@@ -33,7 +33,7 @@ class KernelLayer(Protocol):
 
     def cov_needs(self, out_level: CovLevel) -> CovLevel: ...
 
-    def compiled_steps(self) -> list[tuple[tuple[KernelLayer, ...], tuple[int, ...]]]: ...
+    def compiled_steps(self) -> Sequence[tuple[Sequence[KernelLayer], tuple[int, ...]]]: ...
 
 
 def _select(out: Any, gets: tuple[str, ...] | None, single: bool) -> Any:
@@ -80,7 +80,7 @@ def fused_segments(pointwise: Sequence[bool]) -> list[tuple[int, ...]]:
     else one layer a step.
 
     A nonlinearity reads its input entry by entry, so fusing it with the layer before saves a pass over the
-    covariances (~25% on convolutional networks); anything reading at shifted offsets stays in its own step.
+    covariances; anything reading at shifted offsets stays in its own step.
     """
     out: list[tuple[int, ...]] = []
     i = 0
@@ -104,8 +104,8 @@ def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2,
     """Input kernel, then the layers of a top-level `serial` one jitted step at a time.
 
     One `jit` over a deep network lets XLA fuse each layer into the next, and since a layer reads its input
-    covariance at several shifted offsets the fused code recomputes layers per offset: a 21-layer CNN ran ~40x
-    slower than its layers one by one and took minutes to compile. Stepping layer by layer keeps the cost linear
+    covariance at several shifted offsets the fused code recomputes layers per offset: a deep CNN ran many times
+    slower than its layers one by one and was slow to compile. Stepping layer by layer keeps the cost linear
     in depth, and identical layers (the same object and shapes) share one compiled step.
     """
     def step(k, layers, indices):
@@ -154,7 +154,7 @@ def estimate_peak_bytes(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level,
 
 @functools.lru_cache(maxsize=256)
 def _estimate_cached(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level, static_kwargs, leaves, tree) -> float:
-    # Tracing every step costs ~30 ms for a small MLP; repeated calls on the same shapes reuse the estimate.
+    # Tracing every step is not free; repeated calls on the same shapes reuse the estimate.
     dynamic_kwargs = jax.tree_util.tree_unflatten(tree, leaves)
 
     def step(k, layers, indices):
@@ -236,7 +236,7 @@ def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: i
     elif (batch_size is None and x2 is None and gets is not None and single_array and n1 >= 2
           and not isinstance(x1, jax.core.Tracer) and estimate(n1) >= _SPLIT_BYTES):
         # Σ(x, x) is symmetric: compute the two diagonal blocks and one off-diagonal block, mirror the fourth
-        # (~25% less work; a 4000-input MLP ran 0.31 s -> 0.20-0.24 s). Small calls stay whole (one compile).
+        # (a quarter less work; `benchmarks/analytic.py` case a). Small calls stay whole (one compile).
         batch_size = -(-n1 // 2)
     if batch_size is None:
         return _select(run(x1, x2), gets, single)

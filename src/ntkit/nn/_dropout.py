@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ class Dropout(Layer):
     """
 
     rate: float
-    mode: str = "train"
+    mode: Literal["train", "test"] = "train"
 
     def __post_init__(self):
         if self.mode not in _MODES:

@@ -106,9 +106,10 @@ class Elementwise(Layer):
     def _d_nngp(self, cov12, var1, var2):
         if self.d_nngp_fn is not None:
             return self.d_nngp_fn(cov12, var1, var2)
-        if self.nngp_fn is not None:
+        nngp_fn = self.nngp_fn
+        if nngp_fn is not None:
             cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
-            return jax.jvp(lambda c: self.nngp_fn(c, var1, var2), (cov12,), (jnp.ones_like(cov12),))[1]
+            return jax.jvp(lambda c: nngp_fn(c, var1, var2), (cov12,), (jnp.ones_like(cov12),))[1]
         d = derivative(self.fn)
         return gauss_hermite_2d(d, d, cov12, var1, var2, self.quadrature_degree)
 
@@ -153,7 +154,7 @@ def _closed(name, fn, nngp_fn, d_nngp_fn, *args) -> Elementwise:
 
 def _angle(cov12, var1, var2):
     # Square roots and reciprocals per side: the variances are small arrays broadcast against the covariance, and
-    # a square root and a division per covariance entry made ReLU layers ~1.5x slower.
+    # a square root and a division per covariance entry would dominate a ReLU layer.
     s1, s2 = jnp.sqrt(var1), jnp.sqrt(var2)
     r1 = jnp.where(var1 > 0, 1 / jnp.where(var1 > 0, s1, 1), 0)
     r2 = jnp.where(var2 > 0, 1 / jnp.where(var2 > 0, s2, 1), 0)

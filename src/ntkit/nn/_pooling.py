@@ -17,14 +17,14 @@ from ._state import (
     mixing_cov_needs,
     spatial_diagonal,
 )
-from ._windows import check_padding, out_size, window_sum
+from ._windows import Padding, check_padding, out_size, window_sum
 
 
 @dataclasses.dataclass(frozen=True)
 class _Pool(Layer):
     window_shape: tuple[int, ...]
     strides: tuple[int, ...] | None = None
-    padding: str = "VALID"
+    padding: Padding = "VALID"
 
     _average = True
     _name = "AvgPool"
@@ -37,13 +37,18 @@ class _Pool(Layer):
             raise ValueError(f"`strides` {strides} and `window_shape` {self.window_shape} differ in length.")
         object.__setattr__(self, "strides", strides)
 
+    @property
+    def _strides(self) -> tuple[int, ...]:
+        assert self.strides is not None  # set in __post_init__
+        return self.strides
+
     def _out_shape(self, shape):
         shape = tuple(shape)
         if len(shape) != len(self.window_shape) + 2:
             raise ValueError(f"{self._name} with `window_shape` {self.window_shape} needs inputs (N, "
                              f"*{len(self.window_shape)} spatial axes, C), got shape {shape}.")
         spatial = tuple(out_size(n, k, s, self.padding, f"{self._name} `window_shape`")
-                        for n, k, s in zip(shape[1:-1], self.window_shape, self.strides, strict=True))
+                        for n, k, s in zip(shape[1:-1], self.window_shape, self._strides, strict=True))
         return (shape[0],) + spatial + (shape[-1],)
 
     def _scale(self) -> float:
@@ -54,7 +59,7 @@ class _Pool(Layer):
 
     def apply(self, params, x, **kwargs):
         self._out_shape(x.shape)
-        for d, (k, s) in enumerate(zip(self.window_shape, self.strides, strict=True)):
+        for d, (k, s) in enumerate(zip(self.window_shape, self._strides, strict=True)):
             x = window_sum(x, (1 + d,), k, s, x.shape[1 + d], self.padding)
         return x * self._scale()
 
@@ -71,7 +76,7 @@ class _Pool(Layer):
             # independent windows on `i` and `i'`: one group per axis, all summed in one pass
             axes = tuple((n_batch + ax,) for ax in range(2 * len(spatial)))
             twice = lambda t: tuple(v for v in t for _ in range(2))  # noqa: E731
-            return window_sum(a, axes, twice(self.window_shape), twice(self.strides), twice(spatial),
+            return window_sum(a, axes, twice(self.window_shape), twice(self._strides), twice(spatial),
                               self.padding) * scale
 
         return k.map(linear).replace(shape1=shape1, shape2=shape2, is_input=False)

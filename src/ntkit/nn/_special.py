@@ -1,6 +1,6 @@
 """Vectorisable inverse trigonometric functions for the arc-cosine family of kernels.
 
-XLA on CPU evaluates `arccos`/`arcsin` through a scalar `atan2` call, about 40 ns per element, which dominated
+XLA on CPU evaluates `arccos`/`arcsin` through a scalar `atan2` call per element, which dominated
 the ReLU layer on full spatial covariances (millions of entries per pair of inputs). Here both come from one
 polynomial `g(z) = asin(√z)/√z` on `z ∈ [0, 1/4]` (analytic there: its nearest singularity is at `z = 1`), in
 Chebyshev form with coefficients computed once in float64 by NumPy, evaluated by Clenshaw's recurrence:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-PADDINGS = ("VALID", "SAME", "CIRCULAR")
+Padding = Literal["VALID", "SAME", "CIRCULAR"]
+PADDINGS: tuple[Padding, ...] = ("VALID", "SAME", "CIRCULAR")
 _ONE_PASS_TERMS = 16  # up to this many terms per entry (a 3x3 filter, a 2x2 pooling window on both sides) in one pass
 
 
@@ -40,8 +42,8 @@ def window_sum(x: jax.Array, axes, k, s, n, padding: str) -> jax.Array:
     size `n[d]` (an int group with ints `k`, `s`, `n` is one dimension). With one axis per group this is a strided
     box sum (a convolution with a filter of ones); with the two axes `(i, i')` of a covariance it is the same-offset
     sum `Σ_j Σ[i + j, i' + j]` of docs/theory.md §2: `q = Π k[d]` terms per entry, not `q²`. Up to `_ONE_PASS_TERMS`
-    terms, all dimensions are summed in one pass over one padded copy (for a 3x3 filter ~1.5x faster than two
-    passes); larger windows go one dimension at a time.
+    terms, all dimensions are summed in one pass over one padded copy (fewer passes over memory than one per
+    dimension); larger windows go one dimension at a time.
     Padding: zeros for 'SAME', wrap-around for 'CIRCULAR', none for 'VALID'.
     """
     if isinstance(axes[0], int):
