@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 
 from .. import _checks
-from .._kernel import parse_get, select
+from .._kernel import Get, parse_get, select
 from .._kwargs import split_kwargs
 from .._layout import KernelLayout
 from .._tiling import Tiles
@@ -171,30 +171,33 @@ class EmpiricalKernelFn:
         return self._engine.implementation_for(x1, x2, params, **kwargs)
 
 
-class EmpiricalNTKFn:
-    """`ntk_fn(x1, x2=None, params=None, batch_size=None, **kwargs)`, from `empirical_ntk_fn`."""
+class _OneKernelFn:
+    """`fn(x1, x2=None, params=None, batch_size=None, **kwargs)` computing the kernel named by `get`."""
+
+    get: ClassVar[Get]
 
     def __init__(self, engine: _Engine):
         self._engine = engine
 
     def __call__(self, x1: Any, x2: Any = None, params: Any = None, batch_size: int | None = None,
                  **kwargs: Any) -> jax.Array:
-        return self._engine(x1, x2, "ntk", params, batch_size, kwargs)
+        return self._engine(x1, x2, self.get, params, batch_size, kwargs)
+
+
+class EmpiricalNTKFn(_OneKernelFn):
+    """`ntk_fn(x1, x2=None, params=None, batch_size=None, **kwargs)`, from `empirical_ntk_fn`."""
+
+    get = "ntk"
 
     def implementation_for(self, x1: Any, x2: Any = None, params: Any = None, **kwargs: Any) -> str:
         """The implementation that computes the NTK for these inputs (see `EmpiricalKernelFn`)."""
         return self._engine.implementation_for(x1, x2, params, **kwargs)
 
 
-class EmpiricalNNGPFn:
+class EmpiricalNNGPFn(_OneKernelFn):
     """`nngp_fn(x1, x2=None, params=None, batch_size=None, **kwargs)`, from `empirical_nngp_fn`."""
 
-    def __init__(self, engine: _Engine):
-        self._engine = engine
-
-    def __call__(self, x1: Any, x2: Any = None, params: Any = None, batch_size: int | None = None,
-                 **kwargs: Any) -> jax.Array:
-        return self._engine(x1, x2, "nngp", params, batch_size, kwargs)
+    get = "nngp"
 
 
 def empirical_kernel_fn(
