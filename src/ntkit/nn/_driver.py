@@ -108,13 +108,26 @@ def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2,
     slower than its layers one by one and was slow to compile. Stepping layer by layer keeps the cost linear
     in depth, and identical layers (the same object and shapes) share one compiled step.
     """
-    def step(k, layers, indices):
-        return _jit_transform(layers, static_kwargs, k, _step_kwargs(dynamic_kwargs, indices))
+    # A layer holding traced hyperparameters (`jax.grad` with respect to `W_std`) cannot be a static argument of
+    # `jit`: its steps then run inside the caller's trace.
+    compiled = _hashable(layer)
+    transform, inputs = (_jit_transform, _jit_inputs) if compiled else (_transform, _inputs)
 
-    k = _jit_inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level)
+    def step(k, layers, indices):
+        return transform(layers, static_kwargs, k, _step_kwargs(dynamic_kwargs, indices))
+
+    k = inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level)
     for layers, indices in layer.compiled_steps():
         k = _named_step(step, k, layers, indices)
     return k
+
+
+def _hashable(layer: Any) -> bool:
+    try:
+        hash(layer)
+    except TypeError:
+        return False
+    return True
 
 
 def _named_step(step, k, layers, indices):
@@ -148,7 +161,8 @@ def estimate_peak_bytes(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level,
     """Estimated peak memory of `_run` on these inputs, from the shapes of every step's kernel state."""
     abstract = lambda a: None if a is None else jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
     leaves, tree = jax.tree_util.tree_flatten(dynamic_kwargs)
-    return _estimate_cached(layer, abstract(x1), abstract(x2), diagonal_spatial, compute_ntk, cov_level,
+    estimate = _estimate_cached if _hashable(layer) else _estimate_cached.__wrapped__
+    return estimate(layer, abstract(x1), abstract(x2), diagonal_spatial, compute_ntk, cov_level,
                             static_kwargs, tuple(abstract(a) for a in leaves), tree)
 
 
