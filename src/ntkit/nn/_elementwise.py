@@ -158,10 +158,14 @@ def _angle(cov12, var1, var2):
     s1, s2 = jnp.sqrt(var1), jnp.sqrt(var2)
     r1 = jnp.where(var1 > 0, 1 / jnp.where(var1 > 0, s1, 1), 0)
     r2 = jnp.where(var2 > 0, 1 / jnp.where(var2 > 0, s2, 1), 0)
-    # |Σ₁₂| ≥ √(Σ₁₁Σ₂₂) marks perfectly correlated entries (each input with itself): exactly ±1 there, since the
-    # rounding of `Σ₁₂ r₁ r₂` would put θ ~ √ulp away from 0 and the NTK's (π − θ) term compounds with depth.
-    cos = jnp.where(cov12 * cov12 >= var1 * var2, jnp.sign(cov12), jnp.clip(cov12 * r1 * r2, -1, 1))
-    sin = jnp.sqrt(jnp.maximum(1 - cos * cos, 0))
+    # Perfectly correlated entries (each input with itself) get exactly ±1: rounding of `Σ₁₂ r₁ r₂` (or of Σ₁₂
+    # against the variances, computed by other operations) would put θ ~ √ulp away from 0, and the NTK's (π − θ)
+    # term compounds that with depth. Within a few ulp of ±1 the computed angle is rounding noise anyway.
+    cos = cov12 * r1 * r2
+    tie = (cov12 * cov12 >= var1 * var2) | (1 - jnp.abs(cos) <= 4 * jnp.finfo(cos.dtype).eps)
+    cos = jnp.where(tie, jnp.sign(cov12), jnp.clip(cos, -1, 1))
+    sin2 = 1 - cos * cos
+    sin = jnp.where(sin2 > 0, jnp.sqrt(jnp.where(sin2 > 0, sin2, 1)), 0)  # finite derivatives at cos = ±1 too
     return s1 * s2, cos, sin, _special.arccos(cos)
 
 

@@ -50,7 +50,10 @@ def _parts(x):
     small = a <= 0.5
     z = jnp.where(small, x * x, 0.5 * (1.0 - a))
     g = _g_poly(z)
-    s = jnp.sqrt(jnp.where(small, 0.25, z))  # the large branch only; a safe value elsewhere keeps gradients finite
+    # the large branch only; safe values elsewhere and at z = 0 (|x| = 1) keep derivatives finite in both modes: at
+    # |x| = 1 the true derivative is infinite, and the inputs sitting exactly there carry zero tangents
+    inside = ~small & (z > 0)
+    s = jnp.where(inside, jnp.sqrt(jnp.where(inside, z, 0.25)), 0.0)
     return small, x * g, s * g
 
 
