@@ -62,10 +62,23 @@ class serial(Layer):  # noqa: N801 -- stax name
             out_level = layer.cov_needs(out_level)
         return out_level
 
-    def compiled_steps(self) -> list[tuple[tuple[Layer, ...], tuple[int, ...]]]:
-        """One compiled step per layer, or per affine layer with the nonlinearity after it."""
-        segments = fused_segments([layer.pointwise for layer in self.layers])
-        return [(tuple(self.layers[i] for i in segment), segment) for segment in segments]
+    def flat_layers(self) -> list[tuple[Layer, tuple[int, ...]]]:
+        """Every layer with its path of indices, nested `serial`s opened (`serial(a, serial(b, c))` runs as
+        `a, b, c` at paths `(0,), (1, 0), (1, 1)`)."""
+        out: list[tuple[Layer, tuple[int, ...]]] = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, serial):
+                out += [(sub, (i, *path)) for sub, path in layer.flat_layers()]
+            else:
+                out.append((layer, (i,)))
+        return out
+
+    def compiled_steps(self) -> list[tuple[tuple[Layer, ...], tuple[tuple[int, ...], ...]]]:
+        """One compiled step per layer, or per affine layer with the nonlinearity after it, nested `serial`s
+        included: compile and run time stay linear in depth however the network is written."""
+        flat = self.flat_layers()
+        segments = fused_segments([layer.pointwise for layer, _ in flat])
+        return [(tuple(flat[i][0] for i in segment), tuple(flat[i][1] for i in segment)) for segment in segments]
 
 
 def repeat(layer: Layer, n: int) -> serial:

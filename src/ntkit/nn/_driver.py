@@ -33,7 +33,7 @@ class KernelLayer(Protocol):
 
     def cov_needs(self, out_level: CovLevel) -> CovLevel: ...
 
-    def compiled_steps(self) -> Sequence[tuple[Sequence[KernelLayer], tuple[int, ...]]]: ...
+    def compiled_steps(self) -> Sequence[tuple[Sequence[KernelLayer], tuple[tuple[int, ...], ...]]]: ...
 
 
 def _select(out: Any, gets: tuple[str, ...] | None, single: bool) -> Any:
@@ -94,10 +94,18 @@ def fused_segments(pointwise: Sequence[bool]) -> list[tuple[int, ...]]:
     return out
 
 
-def _step_kwargs(dynamic_kwargs: dict[str, Any], indices: tuple[int, ...]) -> tuple[dict[str, Any], ...]:
-    if not indices:
+def _step_kwargs(dynamic_kwargs: dict[str, Any],
+                 paths: tuple[tuple[int, ...], ...]) -> tuple[dict[str, Any], ...]:
+    """Each layer's keyword arguments, its `rng` folded along its path in the network (as `serial` does)."""
+    if not paths:
         return (dynamic_kwargs,)
-    return tuple(fold_rng(dynamic_kwargs, i) for i in indices)
+    out = []
+    for path in paths:
+        kwargs = dynamic_kwargs
+        for i in path:
+            kwargs = fold_rng(kwargs, i)
+        out.append(kwargs)
+    return tuple(out)
 
 
 def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2, dynamic_kwargs):
@@ -141,7 +149,8 @@ def _named_step(step, k, layers, indices):
             try:  # errors come from checks at trace time: retrace layer by layer to find the culprit
                 k = step(k, (sub,), (i,))
             except ValueError as err:
-                raise ValueError(f"serial: layer {i} ({type(sub).__name__}): {err}") from err
+                where = ".".join(map(str, i))
+                raise ValueError(f"serial: layer {where} ({type(sub).__name__}): {err}") from err
         raise
 
 

@@ -55,8 +55,9 @@ class Layer(abc.ABC):
         Layers receiving more than they need pass on what they can."""
         return out_level
 
-    def compiled_steps(self) -> list[tuple[tuple[Layer, ...], tuple[int, ...]]]:
-        """The steps the kernel driver compiles: `(layers, their indices in this layer)`; one step by default."""
+    def compiled_steps(self) -> list[tuple[tuple[Layer, ...], tuple[tuple[int, ...], ...]]]:
+        """The steps the kernel driver compiles: `(layers, their index paths in this layer)`; one step by
+        default."""
         return [((self,), ())]
 
     def _triple(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
