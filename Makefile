@@ -4,8 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -q
+MKDOCS := $(VENV)/bin/mkdocs
+# The runnable examples: every docstring's (`Example:` sections) and every page's in docs/.
+DOCTEST := $(PYTEST) --doctest-modules src/ntkit --doctest-glob="*.md" docs
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow bench lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +19,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/ntkit demo
 
-# The suite runs twice: float32 (JAX_ENABLE_X64=0) and float64 (JAX_ENABLE_X64=1).
+# The suite runs twice: float32 (JAX_ENABLE_X64=0) and float64 (JAX_ENABLE_X64=1); so do the examples of the
+# docstrings and of docs/*.md (doctests). Then the documentation is built, warnings as errors, into a temporary folder.
 test: $(STAMP)
 	JAX_ENABLE_X64=0 $(PYTEST) -m "not slow"
 	JAX_ENABLE_X64=1 $(PYTEST) -m "not slow"
+	JAX_ENABLE_X64=0 $(DOCTEST)
+	JAX_ENABLE_X64=1 $(DOCTEST)
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && $(MKDOCS) build --strict --site-dir "$$tmp"
 
 test-slow: $(STAMP)
 	JAX_ENABLE_X64=0 $(PYTEST) -m slow
@@ -29,9 +36,13 @@ bench: $(STAMP)
 	mkdir -p benchmarks/results
 	for script in benchmarks/*.py; do $(PY) $$script --out benchmarks/results || exit 1; done
 
+# The documentation (docs/ and the docstrings, see mkdocs.yml) as a static site in site/; open site/index.html.
+docs: $(STAMP)
+	$(MKDOCS) build --strict --site-dir site
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache

@@ -111,6 +111,14 @@ def test_ntk_is_symmetric_positive_semidefinite(dtype, name):
     assert eigenvalues.min() > -1e-4 * eigenvalues.max()
 
 
+def test_get_none_gives_both_kernels_as_neural_tangents(dtype):
+    f, params, x1, x2 = MODELS["mlp"](dtype)
+    kernel_fn = ntkit.empirical_kernel_fn(f, vmap_axes=0)
+    both, explicit = kernel_fn(x1, x2, None, params), kernel_fn(x1, x2, ("nngp", "ntk"), params)
+    np.testing.assert_array_equal(both.nngp, explicit.nngp)
+    np.testing.assert_array_equal(both.ntk, explicit.ntk)
+
+
 def test_nngp_and_kernel_fn(dtype):
     f, params, x1, x2 = MODELS["mlp"](dtype)
     f1, f2 = f(params, x1), f(params, x2)

@@ -131,7 +131,7 @@ class _Engine:
 
     def __call__(self, x1: Any, x2: Any, get: Any, params: Any, batch_size: Any,
                  kwargs: dict[str, Any]) -> Any:
-        gets, single = parse_get(get)
+        gets, single = parse_get(get, allow_none=True)  # None: both, as in neural-tangents
         x1, x2, layout = self.prepare(x1, x2, params, kwargs)
         batch_size = _checks.check_batch_size(batch_size) or self.batch_size
         implementation = self.resolve(layout, x1, x2, params, kwargs) if "ntk" in gets else "jacobian"

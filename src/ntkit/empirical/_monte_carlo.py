@@ -48,15 +48,22 @@ def monte_carlo_kernel_fn(
 
     For sample `s`, parameters come from `init_fn(fold_in(key, s), x1.shape)` and the empirical kernels
     `K̂ = f(x1) f(x2)ᵀ`, `Θ̂ = J(x1) J(x2)ᵀ` (traced over `trace_axes`, so averaged over the readout) from
-    `ntkit.empirical_kernel_fn`. Their mean converges to the analytic kernel of the same `ntkit.nn` network as the
-    width and `n_samples` grow (the error is `O(1/√(width · n_samples))` for the NNGP). If `apply_kwargs` holds
-    `rng` (dropout), sample `s` uses `fold_in(rng, s)`.
+    `ntkit.empirical_kernel_fn`. Their mean converges to the analytic kernel of the same `ntkit.nn` network: the
+    NTK's error is `O(1/√(width · n_samples))`, the NNGP's `O(1/√(n_samples · O))` for `O` traced readout outputs
+    at any width (one network's outputs are one Gaussian sample). If `apply_kwargs` holds `rng` (dropout), sample
+    `s` uses `fold_in(rng, s)`.
 
     Args:
-      init_fn, apply_fn: the finite network (e.g. from `init_fn, apply_fn, kernel_fn = stax.serial(...)`).
+      init_fn: `init_fn(key, input_shape) -> (output_shape, params)` of the finite network (e.g. from
+        `init_fn, apply_fn, kernel_fn = stax.serial(...)`).
+      apply_fn: `apply_fn(params, x, **apply_kwargs)` of the same network.
       key: PRNG key of the initializations.
       n_samples: number of networks averaged.
-      batch_size, trace_axes, diagonal_axes, vmap_axes, implementation: as in `ntkit.empirical_kernel_fn`.
+      batch_size: as in `ntkit.empirical_kernel_fn`.
+      trace_axes: as in `ntkit.empirical_kernel_fn`.
+      diagonal_axes: as in `ntkit.empirical_kernel_fn`.
+      vmap_axes: as in `ntkit.empirical_kernel_fn`.
+      implementation: as in `ntkit.empirical_kernel_fn`.
 
     Returns:
       A `MonteCarloKernelFn`, `kernel_fn(x1, x2=None, get=("nngp", "ntk"), **apply_kwargs)`: with a string `get`

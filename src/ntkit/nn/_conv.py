@@ -30,7 +30,9 @@ class Conv(Layer):
       filter_shape: `(k_1, ..., k_d)`, `d` in 1..3.
       strides: `(s_1, ..., s_d)`, default ones.
       padding: `"VALID"`, `"SAME"` (zeros) or `"CIRCULAR"` (wrap-around).
-      W_std, b_std, parameterization: as in `Dense`.
+      W_std: `σ_w`, as in `Dense`.
+      b_std: `σ_b` or `None` for no bias, as in `Dense`.
+      parameterization: `"ntk"` or `"standard"`, as in `Dense`.
 
     Example:
       >>> import jax.numpy as jnp, ntkit.nn as stax
