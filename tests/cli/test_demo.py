@@ -98,3 +98,65 @@ def test_spectrum_summary_on_a_known_matrix():
     assert summary["condition_number"] == pytest.approx(8.0)
     assert summary["effective_rank"] == pytest.approx(15.0 ** 2 / 85.0)
     assert summary["max_learning_rate"] == pytest.approx(2 * 4 * 3 / 8.0)
+
+
+_WRITER = """
+import io, json, sys, time
+from matplotlib.figure import Figure
+from ntkit.cli._report import write_report
+
+def slow_savefig(fig, path, **kwargs):  # widens the moments a kill can hit a half-written file
+    buffer = io.BytesIO()
+    fig.canvas.print_figure(buffer, format="png", **kwargs)
+    data = buffer.getvalue()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep(0.2)
+        f.write(data[len(data) // 2:])
+
+Figure.savefig = slow_savefig
+metrics = json.loads(open(sys.argv[1]).read())
+print("ready", flush=True)
+while True:
+    write_report(json.loads(json.dumps(metrics)), sys.argv[2])
+"""
+
+
+def test_report_survives_kill_9_at_random_moments(quick_report, tmp_path):
+    """A writer killed at any moment leaves the previous report whole: at `out`, or (between the two renames)
+    moved aside beside it; never a truncated file or a mix of two reports."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, _ = quick_report
+    out = tmp_path / "report"
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(src / "metrics.json"), str(out)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.2, 2.5))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        reports = [out] if out.exists() else [p / "report" for p in tmp_path.glob(".report.old-*")]
+        assert len(reports) == 1
+        json.loads((reports[0] / "metrics.json").read_text())
+        for name in FILES:
+            if name.endswith(".png"):  # complete: the IEND chunk last
+                assert (reports[0] / name).read_bytes()[-8:] == b"IEND\xaeB`\x82", name
+
+
+def test_unwritable_or_empty_out_fails_before_computing(tmp_path, capsys, monkeypatch):
+    import ntkit.cli._demo as demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: pytest.fail("computed before checking --out"))
+    assert main(["demo", "--quick", "--out", ""]) == 2
+    assert "empty path" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -83,7 +83,13 @@ def _demo(args, parser) -> int:
               "`pip install 'ntkit[cli]'`.", file=sys.stderr)
         return 2
     from ._demo import DEFAULTS, QUICK, run_demo
-    from ._report import summary_lines, write_report
+    from ._report import check_writable, summary_lines, write_report
+
+    try:  # before the computation, not after it
+        check_writable(args.out)
+    except (ValueError, OSError) as err:
+        print(f"ntkit demo: error: cannot write the report to {args.out!r}: {err}", file=sys.stderr)
+        return 2
 
     options = dict(DEFAULTS, **(QUICK if args.quick else {}))
     for name in DEFAULTS:

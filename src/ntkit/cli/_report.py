@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -195,10 +198,49 @@ def _markdown(metrics: dict, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_writable(out: str | Path) -> Path:
+    """`out` as a path after checking a report can be written there (before any computation): not empty, not an
+    existing file, and its parent folder creatable and writable."""
+    if not str(out).strip():
+        raise ValueError("`--out` must name a report folder, got an empty path.")
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"`--out` {str(out)!r} is a file, not a folder.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent):
+        pass
+    return out
+
+
 def write_report(metrics: dict, out: str | Path) -> list[Path]:
-    """Writes `metrics.json`, `report.md` and the PNG plots into `out` (created); returns the paths written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Writes `metrics.json`, `report.md` and the PNG plots into the folder `out` as a unit; returns the paths.
+
+    Everything is written into a new folder beside `out`, which then replaces `out` by two renames (the previous
+    report moved aside, the new one moved in, the previous one deleted): a process killed at any moment leaves the
+    previous report whole (at `out`, or for the instant between the renames beside it), never a mix of old and new
+    or a truncated file.
+    """
+    out = check_writable(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # a folder as `mkdir` would make it, not mkdtemp's owner-only one
+    try:
+        names = _write_files(metrics, stage)
+        previous = None
+        if out.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, previous / out.name)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+    return [out / name for name in names]
+
+
+def _write_files(metrics: dict, out: Path) -> list[str]:
     add_gaps(metrics)
     plots: list[str] = []
     try:
@@ -212,4 +254,4 @@ def write_report(metrics: dict, out: str | Path) -> list[Path]:
             plots.append(name)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
     (out / "report.md").write_text(_markdown(metrics, plots))
-    return [out / "metrics.json", out / "report.md", *(out / p for p in plots)]
+    return ["metrics.json", "report.md", *plots]
