@@ -19,9 +19,10 @@ def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_array(x: Any, name: str, min_ndim: int = 0, dtype: Any = None, floating: bool = False) -> jax.Array:
+def check_array(x: Any, name: str, min_ndim: int = 0, dtype: Any = None, floating: bool = False,
+                nonempty: bool = False) -> jax.Array:
     """`x` as a JAX array (cast to `dtype` if given) after checking it holds finite real numbers in `min_ndim`+
-    axes (floating ones if `floating`)."""
+    axes (floating ones if `floating`; at least one example along the first axis if `nonempty`)."""
     if x is None:
         raise TypeError(f"`{name}` must be an array, got None.")
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
@@ -33,6 +34,8 @@ def check_array(x: Any, name: str, min_ndim: int = 0, dtype: Any = None, floatin
         x = jnp.asarray(x)
     if x.ndim < min_ndim:
         raise ValueError(f"`{name}` must have at least {min_ndim} axes (batch first), got shape {x.shape}.")
+    if nonempty and (x.ndim == 0 or x.shape[0] == 0):
+        raise ValueError(f"`{name}` holds no examples (shape {x.shape}); pass at least one.")
     if floating and not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"`{name}` must be floating, got dtype {x.dtype}.")
     if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):

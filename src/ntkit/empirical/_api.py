@@ -109,9 +109,9 @@ class _Engine:
         return self._auto_cache[key]
 
     def prepare(self, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, KernelLayout]:
-        x1 = _checks.check_array(x1, "x1", min_ndim=1)
+        x1 = _checks.check_array(x1, "x1", min_ndim=1, nonempty=True)
         if x2 is not None:
-            x2 = _checks.check_array(x2, "x2", min_ndim=1)
+            x2 = _checks.check_array(x2, "x2", min_ndim=1, nonempty=True)
             _checks.check_same_features(x1, x2)
         _checks.check_params(params)
         out_shape = output_shape(self.model, params, x1, kwargs)

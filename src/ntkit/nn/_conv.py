@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from ._dense import Parameterization, affine_kernel, affine_scales, check_parameterization, init_affine
 from ._layer import Layer
 from ._state import check_state
-from ._windows import Padding, check_padding, out_size, pads, window_sum
+from ._windows import Padding, check_padding, check_sizes, out_size, pads, window_sum
 
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
@@ -58,6 +58,9 @@ class Conv(Layer):
         strides = (1,) * len(self.filter_shape) if self.strides is None else tuple(self.strides)
         if len(strides) != len(self.filter_shape):
             raise ValueError(f"`strides` {strides} and `filter_shape` {self.filter_shape} differ in length.")
+        check_sizes(self.filter_shape, "filter_shape", "Conv")
+        check_sizes(strides, "strides", "Conv")
+        check_sizes((self.out_chan,), "out_chan", "Conv")
         object.__setattr__(self, "strides", strides)
 
     @property

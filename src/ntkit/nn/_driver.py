@@ -54,7 +54,7 @@ def _is_state(x: Any) -> bool:
 def _check_input(x: Any, name: str) -> Any:
     if isinstance(x, list | tuple):
         return [_check_input(xi, f"{name}[{i}]") for i, xi in enumerate(x)]
-    return check_array(x, name, min_ndim=2, floating=True)
+    return check_array(x, name, min_ndim=2, floating=True, nonempty=True)
 
 
 def _inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level):

@@ -46,13 +46,16 @@ class LayerNorm(Layer):
         d1, d2 = diagonal_variances(k, "LayerNorm")
         cov1, cov2 = k.covariances("LayerNorm")
         v1, v2 = cross_variances(d1, d2, k)
-        norm = jnp.sqrt(v1 * v2)
+
+        def normalized(x, var1, var2):
+            # a unit of zero variance is constant: the finite layer maps it to 0 (x − mean = 0), so its kernel is 0
+            prod = var1 * var2
+            return jnp.where(prod > 0, x / jnp.sqrt(jnp.where(prod > 0, prod, 1)), 0)
 
         def self_norm(cov, d):
-            a, b = self_variances(d, k)
-            return cov / jnp.sqrt(a * b)
+            return normalized(cov, *self_variances(d, k))
 
-        return k.replace(nngp=k.nngp / norm, ntk=None if k.ntk is None else k.ntk / norm,
+        return k.replace(nngp=normalized(k.nngp, v1, v2), ntk=None if k.ntk is None else normalized(k.ntk, v1, v2),
                          cov1=self_norm(cov1, d1), cov2=None if cov2 is None else self_norm(cov2, d2),
                          is_input=False)
 

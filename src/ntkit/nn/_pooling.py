@@ -17,7 +17,7 @@ from ._state import (
     mixing_cov_needs,
     spatial_diagonal,
 )
-from ._windows import Padding, check_padding, out_size, window_sum
+from ._windows import Padding, check_padding, check_sizes, out_size, window_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,8 @@ class _Pool(Layer):
         strides = (1,) * len(self.window_shape) if self.strides is None else tuple(self.strides)
         if len(strides) != len(self.window_shape):
             raise ValueError(f"`strides` {strides} and `window_shape` {self.window_shape} differ in length.")
+        check_sizes(self.window_shape, "window_shape", self._name)
+        check_sizes(strides, "strides", self._name)
         object.__setattr__(self, "strides", strides)
 
     @property

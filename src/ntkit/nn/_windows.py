@@ -8,10 +8,18 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Padding = Literal["VALID", "SAME", "CIRCULAR"]
 PADDINGS: tuple[Padding, ...] = ("VALID", "SAME", "CIRCULAR")
 _ONE_PASS_TERMS = 16  # up to this many terms per entry (a 3x3 filter, a 2x2 pooling window on both sides) in one pass
+
+
+def check_sizes(sizes: tuple, name: str, layer: str) -> None:
+    """Window, filter and stride sizes are positive integers."""
+    for s in sizes:
+        if not isinstance(s, int | np.integer) or isinstance(s, bool) or s < 1:
+            raise ValueError(f"{layer}: `{name}` must hold positive integers, got {sizes}.")
 
 
 def check_padding(padding: str, allowed=PADDINGS) -> None:
