@@ -153,6 +153,15 @@ def _closed(name, fn, nngp_fn, d_nngp_fn, *args) -> Elementwise:
 # ----- ReLU family: arc-cosine kernels (Cho & Saul 2009) -----
 
 def _angle(cov12, var1, var2):
+    """`(√(Σ₁₁Σ₂₂), cos θ, sin θ, θ)` of the angle between the two inputs' pre-activations."""
+    norm, cos, sin2 = _correlation(cov12, var1, var2)
+    sin = jnp.where(sin2 > 0, jnp.sqrt(jnp.where(sin2 > 0, sin2, 1)), 0)  # finite derivatives at cos = ±1 too
+    return norm, cos, sin, _special.arccos(cos)
+
+
+def _correlation(cov12, var1, var2):
+    """`(√(Σ₁₁Σ₂₂), cos θ, sin² θ)`: `sin² θ = 1 − cos² θ` lets closed forms write `Σ₁₁Σ₂₂ − Σ₁₂²` as
+    `Σ₁₁Σ₂₂ sin² θ`, which is exact (0) for an input with itself, where the difference cancels catastrophically."""
     # Square roots and reciprocals per side: the variances are small arrays broadcast against the covariance, and
     # a square root and a division per covariance entry would dominate a ReLU layer.
     s1, s2 = jnp.sqrt(var1), jnp.sqrt(var2)
@@ -164,9 +173,7 @@ def _angle(cov12, var1, var2):
     cos = cov12 * r1 * r2
     tie = (cov12 * cov12 >= var1 * var2) | (1 - jnp.abs(cos) <= 4 * jnp.finfo(cos.dtype).eps)
     cos = jnp.where(tie, jnp.sign(cov12), jnp.clip(cos, -1, 1))
-    sin2 = 1 - cos * cos
-    sin = jnp.where(sin2 > 0, jnp.sqrt(jnp.where(sin2 > 0, sin2, 1)), 0)  # finite derivatives at cos = ±1 too
-    return s1 * s2, cos, sin, _special.arccos(cos)
+    return s1 * s2, cos, 1 - cos * cos
 
 
 def _abrelu(x, a, b):
@@ -263,14 +270,21 @@ def _erf(x, a, b, c):
     return a * jax.scipy.special.erf(b * x) + c
 
 
+def _erf_det(cov12, var1, var2, b):
+    """`(1 + 2b²Σ₁₁)(1 + 2b²Σ₂₂) − 4b⁴Σ₁₂²` as `1 + 2b²(Σ₁₁ + Σ₂₂) + 4b⁴Σ₁₁Σ₂₂ sin²θ` (no cancellation)."""
+    _, _, sin2 = _correlation(cov12, var1, var2)
+    return 1 + 2 * b * b * (var1 + var2) + 4 * b ** 4 * var1 * var2 * sin2
+
+
 def _erf_nngp(cov12, var1, var2, a, b, c):
-    den = jnp.sqrt((1 + 2 * b * b * var1) * (1 + 2 * b * b * var2))
-    return a * a * (2 / math.pi) * _special.arcsin(jnp.clip(2 * b * b * cov12 / den, -1, 1)) + c * c
+    prod = (1 + 2 * b * b * var1) * (1 + 2 * b * b * var2)
+    r = jnp.clip(2 * b * b * cov12 / jnp.sqrt(prod), -1, 1)
+    one_minus_abs = _erf_det(cov12, var1, var2, b) / (prod * (1 + jnp.abs(r)))  # (1 − r²)/(1 + |r|), exactly
+    return a * a * (2 / math.pi) * _special.arcsin(r, one_minus_abs) + c * c
 
 
 def _erf_d_nngp(cov12, var1, var2, a, b, c):
-    det = (1 + 2 * b * b * var1) * (1 + 2 * b * b * var2) - 4 * b ** 4 * cov12 * cov12
-    return a * a * b * b * (4 / math.pi) / jnp.sqrt(det)
+    return a * a * b * b * (4 / math.pi) / jnp.sqrt(_erf_det(cov12, var1, var2, b))
 
 
 def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Elementwise:
@@ -361,7 +375,9 @@ def _gaussian(x, a, b):
 
 
 def _gaussian_det(cov12, var1, var2, b):
-    return (1 - 2 * b * var1) * (1 - 2 * b * var2) - 4 * b * b * cov12 * cov12
+    """`det(I − 2bΣ) = 1 − 2b(Σ₁₁ + Σ₂₂) + 4b²Σ₁₁Σ₂₂ sin²θ` (no cancellation for b < 0)."""
+    _, _, sin2 = _correlation(cov12, var1, var2)
+    return 1 - 2 * b * (var1 + var2) + 4 * b * b * var1 * var2 * sin2
 
 
 def _gaussian_nngp(cov12, var1, var2, a, b):
@@ -389,7 +405,7 @@ def Gelu(approximate: bool = False, quadrature_degree: int = 25) -> Elementwise:
     """
     if approximate:
         return Elementwise(fn=_gelu_tanh, quadrature_degree=quadrature_degree, name="Gelu")
-    return _closed("Gelu", _gelu, _gelu_nngp, None)
+    return _closed("Gelu", _gelu, _gelu_nngp, _gelu_d_nngp)
 
 
 def _gelu(x):
@@ -400,13 +416,33 @@ def _gelu_tanh(x):
     return 0.5 * x * (1 + jnp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+def _gelu_parts(cov12, var1, var2):
+    """`(a₁a₂, D, arcsin ρ, Q)` of the GELU kernel in forms without cancellation: with `sin²θ` from
+    `_correlation`, `D = a₁a₂ − Σ₁₂² = 1 + Σ₁₁ + Σ₂₂ + Σ₁₁Σ₂₂ sin²θ` (≥ 1: no singularity anywhere),
+    `1 − |ρ| = D/(a₁a₂(1 + |ρ|))` and `Q = Σ₁₁Σ₂₂ + Σ₁₂²(1 − Σ₁₁Σ₂₂)/(a₁a₂)
+    = Σ₁₁Σ₂₂ (1 + Σ₁₁ + Σ₂₂ + cos²θ + Σ₁₁Σ₂₂ sin²θ)/(a₁a₂)`."""
+    _, cos, sin2 = _correlation(cov12, var1, var2)
+    a12 = (1 + var1) * (1 + var2)
+    det = 1 + var1 + var2 + var1 * var2 * sin2
+    rho = jnp.clip(cov12 / jnp.sqrt(a12), -1, 1)
+    asin = _special.arcsin(rho, det / (a12 * (1 + jnp.abs(rho))))
+    quad = var1 * var2 * (1 + var1 + var2 + cos * cos + var1 * var2 * sin2) / a12
+    return a12, det, asin, quad
+
+
 def _gelu_nngp(cov12, var1, var2):
-    a1, a2 = 1 + var1, 1 + var2
-    a12 = a1 * a2
-    det = a12 - cov12 * cov12  # ≥ a₁a₂ − Σ₁₁Σ₂₂ ≥ 1: no singularity anywhere
-    rho = cov12 / jnp.sqrt(a12)
-    quad = var1 * var2 + cov12 * cov12 * (1 - var1 * var2) / a12
-    return cov12 / 4 + cov12 * _special.arcsin(rho) / (2 * math.pi) + quad / (2 * math.pi * jnp.sqrt(det))
+    _, det, asin, quad = _gelu_parts(cov12, var1, var2)
+    return cov12 / 4 + cov12 * asin / (2 * math.pi) + quad / (2 * math.pi * jnp.sqrt(det))
+
+
+def _gelu_d_nngp(cov12, var1, var2):
+    """`∂E[φφ]/∂Σ₁₂` (Price's theorem): `1/4 + arcsin ρ/(2π) + Σ₁₂(3 + Σ₁₁ + Σ₂₂ − Σ₁₁Σ₂₂)/(2π a₁a₂ √D)
+    + QΣ₁₂/(2π D^{3/2})` (the derivative of each term of `_gelu_nngp`, with `∂ρ/∂Σ₁₂ = 1/√(a₁a₂)` and
+    `√(1 − ρ²) = √(D/(a₁a₂))`)."""
+    a12, det, asin, quad = _gelu_parts(cov12, var1, var2)
+    root = jnp.sqrt(det)
+    return (0.25 + asin / (2 * math.pi) + cov12 * (3 + var1 + var2 - var1 * var2) / (2 * math.pi * a12 * root)
+            + quad * cov12 / (2 * math.pi * det * root))
 
 
 # ----- polynomials: Isserlis' theorem -----

@@ -44,11 +44,12 @@ def _g_poly(z):
     return t * b1 - b2 + coeffs[0]
 
 
-def _parts(x):
+def _parts(x, one_minus_abs=None):
     """`(small, x g(x²), s g(s²))`: the odd polynomial branch (smooth through 0) and the `|x| > 1/2` branch."""
     a = jnp.abs(x)
     small = a <= 0.5
-    z = jnp.where(small, x * x, 0.5 * (1.0 - a))
+    gap = 1.0 - a if one_minus_abs is None else one_minus_abs
+    z = jnp.where(small, x * x, 0.5 * gap)
     g = _g_poly(z)
     # the large branch only; safe values elsewhere and at z = 0 (|x| = 1) keep derivatives finite in both modes: at
     # |x| = 1 the true derivative is infinite, and the inputs sitting exactly there carry zero tangents
@@ -57,9 +58,13 @@ def _parts(x):
     return small, x * g, s * g
 
 
-def arcsin(x):
-    """`arcsin x` for `x ∈ [−1, 1]`, elementwise (differentiable: `x g(x²)` has no kink at 0)."""
-    small, odd, large = _parts(x)
+def arcsin(x, one_minus_abs=None):
+    """`arcsin x` for `x ∈ [−1, 1]`, elementwise (differentiable: `x g(x²)` has no kink at 0).
+
+    `one_minus_abs`, when given, is `1 − |x|` computed without cancellation by the caller: near `|x| = 1`, where
+    `arcsin` is steep, it keeps the accuracy that forming `x` and subtracting it from 1 would lose.
+    """
+    small, odd, large = _parts(x, one_minus_abs)
     return jnp.where(small, odd, jnp.sign(x) * (math.pi / 2 - 2.0 * large))
 
 
