@@ -5,31 +5,58 @@ kernels and of neural-tangents, `(N1, N2, O_a, O_a', O_b, O_b', ...)` over the *
 stands for `Θ ⊗ I` along the traced axes. Internally every kernel becomes a matrix `(N1·M, N2·M)`, `M` the product
 of paired sizes, and every output array a matrix `(N·M, R)`, `R` the product of traced sizes, so the dynamics are
 plain linear algebra.
+
+Everything here is pure under `jax.jit`, `jax.grad` and `jax.vmap`: checks that need values run only on concrete
+inputs (`ntkit._checks.is_concrete`), and a factorization is stored only when it holds values, never a tracer.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Sequence
 from functools import cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from .._checks import check_array
+from .._checks import check_array, is_concrete
 from .._layout import KernelLayout
 
+TraceAxes: TypeAlias = int | Sequence[int]
+"""Output axes the kernels are traced over (contracted and averaged), counting the batch axis as 0."""
 
-def float_dtype(x):
+
+def float_dtype(x: jax.Array) -> Any:
     """The floating dtype computations run in: `x`'s if floating, else JAX's default float."""
     if jnp.issubdtype(x.dtype, jnp.floating):
         return x.dtype
     return jnp.zeros((), float).dtype
 
 
-def target_layout(y_shape: tuple[int, ...], trace_axes: int | Sequence[int]) -> KernelLayout:
+def all_concrete(*trees: Any) -> bool:
+    """Whether every leaf of `trees` holds values (none is a tracer of `jit`/`grad`/`vmap`)."""
+    return all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def concrete_eval(*trees: Any) -> contextlib.AbstractContextManager:
+    """`jax.ensure_compile_time_eval()` when every leaf of `trees` is concrete, else a no-op context.
+
+    Inside it, work on concrete values is done now, even while `jit` traces, so its result can be kept and reused
+    by later traces as a constant; work on tracers is staged as usual.
+    """
+    return jax.ensure_compile_time_eval() if all_concrete(*trees) else contextlib.nullcontext()
+
+
+def as_scalar(value: Any, dtype: Any) -> jax.Array:
+    """A (possibly traced) real scalar as a 0-d array of `dtype`, so strict dtype promotion accepts it."""
+    return jnp.asarray(value, dtype)
+
+
+def target_layout(y_shape: tuple[int, ...], trace_axes: TraceAxes) -> KernelLayout:
     """The kernel layout of targets `(N, O_1, ..., O_d)` traced over `trace_axes`."""
     if len(y_shape) < 1:
         raise ValueError("`y_train` must have a batch axis first, got a scalar.")
@@ -58,7 +85,7 @@ def check_outputs(layout: KernelLayout, f: Any, n: int, name: str, dtype: Any) -
         raise ValueError(f"`{name}` must broadcast to shape {shape}, got {f.shape}.") from err
 
 
-def test_inputs(layout: KernelLayout, k_test_train: Any, fx_test_0: Any, n: int,
+def check_test_inputs(layout: KernelLayout, k_test_train: Any, fx_test_0: Any, n: int,
                 dtype: Any) -> tuple[jax.Array, jax.Array, int]:
     """`(Θ(x, X) as a matrix, f₀(x) of shape (N_test, ...), N_test)` from the test arguments of a predict_fn."""
     k_test_train = check_array(k_test_train, "k_test_train")
@@ -70,9 +97,10 @@ def test_inputs(layout: KernelLayout, k_test_train: Any, fx_test_0: Any, n: int,
     return kxt, g0, n_test
 
 
-def check_symmetric(k, name: str) -> jax.Array:
-    """Symmetrizes a square matrix after checking it is symmetric up to rounding (`√eps` of its largest entry)."""
-    if not isinstance(k, jax.core.Tracer):
+def check_symmetric(k: jax.Array, name: str) -> jax.Array:
+    """Symmetrizes a square matrix after checking, if concrete, that it is symmetric up to rounding (`√eps` of its
+    largest entry)."""
+    if is_concrete(k):
         kn = np.asarray(k)
         scale = float(np.max(np.abs(kn))) if kn.size else 0.0
         gap = float(np.max(np.abs(kn - kn.T))) if kn.size else 0.0
@@ -82,11 +110,12 @@ def check_symmetric(k, name: str) -> jax.Array:
     return (k + k.T) / 2
 
 
-def regularize(k, diag_reg: float, absolute: bool) -> jax.Array:
-    """`K + ε I` with `ε = diag_reg` (absolute) or `diag_reg · mean(diag K)`."""
-    if diag_reg == 0:
+def regularize(k: jax.Array, diag_reg: Any, absolute: bool) -> jax.Array:
+    """`K + ε I` with `ε = diag_reg` (absolute) or `diag_reg · mean(diag K)`; `diag_reg` may be traced."""
+    if is_concrete(diag_reg) and diag_reg == 0:
         return k
-    scale = diag_reg if absolute else diag_reg * jnp.mean(jnp.diagonal(k))
+    eps = as_scalar(diag_reg, k.dtype)
+    scale = eps if absolute else eps * jnp.mean(jnp.diagonal(k))
     return k + scale * jnp.eye(k.shape[0], dtype=k.dtype)
 
 
@@ -99,60 +128,93 @@ def _singular_error(name: str) -> ValueError:
 
 
 class Factorizations:
-    """Lazily computed, cached eigendecomposition and Cholesky factor of one regularized kernel matrix."""
+    """Eigendecomposition and Cholesky factor of one regularized kernel matrix, computed on first use.
 
-    def __init__(self, k, name: str):
+    A factorization of a concrete matrix is computed under `jax.ensure_compile_time_eval()` and kept, so every later
+    call, traced by `jit` or not, reuses it (as a constant of the trace) instead of redoing it. A traced matrix (the
+    kernel is a `jit` argument, or differentiated) is factorized afresh at every call and never kept: no tracer
+    outlives its trace. The singularity checks need values, so they run on a concrete matrix only.
+    """
+
+    def __init__(self, k: jax.Array, name: str) -> None:
         self.k = k
         self.name = name
-        self._eigh = None
-        self._cho = None
+        self._eigh: tuple[jax.Array, jax.Array] | None = None
+        self._cho: jax.Array | None = None
 
     @property
-    def eigh(self):
+    def concrete(self) -> bool:
+        """Whether the matrix holds values (its factorizations are then computed once and kept)."""
+        return is_concrete(self.k)
+
+    @property
+    def eigh(self) -> tuple[jax.Array, jax.Array]:
         """`(λ, V)` with negative eigenvalues (rounding) clipped to 0."""
-        if self._eigh is None:
+        if self._eigh is not None:
+            return self._eigh
+        with concrete_eval(self.k):
             evals, evecs = jnp.linalg.eigh(self.k)
-            self._eigh = (jnp.maximum(evals, 0), evecs)
-        return self._eigh
+            out = (jnp.maximum(evals, 0), evecs)
+        if self.concrete:
+            self._eigh = out
+        return out
 
     def check_invertible_eigh(self) -> None:
+        """`ValueError` if the (concrete) matrix is numerically singular; nothing for a traced one."""
+        if not self.concrete:
+            return
         evals = np.asarray(self.eigh[0])
         n = evals.shape[0]
         if n and evals.min() <= n * np.finfo(evals.dtype).eps * max(evals.max(), np.finfo(evals.dtype).tiny):
             raise _singular_error(self.name)
 
     @property
-    def cho(self):
-        """Lower Cholesky factor; `ValueError` if the matrix is numerically singular."""
-        if self._cho is None:
+    def cho(self) -> jax.Array:
+        """Lower Cholesky factor; `ValueError` if the (concrete) matrix is numerically singular."""
+        if self._cho is not None:
+            return self._cho
+        with concrete_eval(self.k):
             chol = jnp.linalg.cholesky(self.k)
-            diag = np.asarray(jnp.diagonal(chol))
+        if self.concrete:
+            diag = np.diagonal(np.asarray(chol))
             n = diag.shape[0]
             if n and (not np.all(np.isfinite(diag))
                       or diag.min() ** 2 <= n * np.finfo(diag.dtype).eps * diag.max() ** 2):
                 raise _singular_error(self.name)
             self._cho = chol
-        return self._cho
+        return chol
 
-    def solve(self, b) -> jax.Array:
+    def solve(self, b: jax.Array) -> jax.Array:
         """`K⁻¹ b` by the Cholesky factor."""
         return jax.scipy.linalg.cho_solve((self.cho, True), b)
 
 
-def times(t, dtype, name: str = "t") -> jax.Array:
-    """Times as an array of `dtype`; each must be non-negative (`inf` allowed), none NaN."""
-    t = jnp.asarray(t)
-    if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
-        raise TypeError(f"`{name}` must hold real numbers, got dtype {t.dtype}.")
-    if not isinstance(t, jax.core.Tracer):
+def times(t: ArrayLike, dtype: Any, name: str = "t", finite: bool = False) -> tuple[jax.Array, bool]:
+    """`(t as an array of dtype, whether some time is inf)`.
+
+    Concrete times must be non-negative and not NaN (and finite if `finite`); traced times cannot be checked, and
+    for them the flag is False.
+    """
+    concrete = is_concrete(t)
+    kind = np.asarray(t).dtype if concrete else jnp.result_type(t)
+    if not (jnp.issubdtype(kind, jnp.floating) or jnp.issubdtype(kind, jnp.integer)):
+        raise TypeError(f"`{name}` must hold real numbers, got dtype {kind}.")
+    infinite = False
+    if concrete:
         tn = np.asarray(t, dtype=np.float64)
-        if np.any(np.isnan(tn)) or np.any(tn < 0):
-            raise ValueError(f"`{name}` must hold non-negative times (or inf), got {tn}.")
-    return t.astype(dtype)
+        bad = np.isnan(tn) | (tn < 0) | (np.isinf(tn) if finite else False)
+        if np.any(bad):
+            want = "finite non-negative times" if finite else "non-negative times (or inf)"
+            raise ValueError(f"`{name}` must hold {want}, got {tn}.")
+        infinite = bool(np.any(np.isinf(tn)))
+    return jnp.asarray(t).astype(dtype), infinite
 
 
-def decay_factors(evals, tau):
-    """For every time `τ` (any shape) and eigenvalue `λ`: `e^{−τλ} − 1` and `(1 − e^{−τλ})/λ` (→ `τ` at `λ = 0`)."""
+def decay_factors(evals: jax.Array, tau: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """For every time `τ` (any shape) and eigenvalue `λ`: `e^{−τλ} − 1` and `(1 − e^{−τλ})/λ` (→ `τ` at `λ = 0`).
+
+    Written with `jnp.where` on safe operands, so derivatives in `τ` and `λ` stay finite.
+    """
     tau = tau[..., None]
     pos = evals > 0
     x = jnp.where(pos, tau * evals, jnp.zeros_like(tau * evals))
@@ -163,12 +225,12 @@ def decay_factors(evals, tau):
 
 
 @cache
-def outputs_type(fields: tuple[str, ...]):
+def outputs_type(fields: tuple[str, ...]) -> Any:
     """A named tuple type with these fields, one per requested `get`."""
-    return collections.namedtuple("Predictions", fields)
+    return collections.namedtuple("Predictions", fields)  # type: ignore[misc]
 
 
-def pick(kernels, name: str, what: str):
+def pick(kernels: Any, name: str, what: str) -> Any:
     """The `name` ('nngp'/'ntk') kernel of `kernels`: an array is taken as is, a named tuple by attribute."""
     if hasattr(kernels, "shape"):
         return kernels

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from .._checks import check_array, check_scalar
-from .._kernel import parse_get
+from .._kernel import Get, parse_get
+from .._layout import KernelLayout
 from ._common import (
     Factorizations,
+    TraceAxes,
+    all_concrete,
+    as_scalar,
     check_kernel,
     check_symmetric,
+    concrete_eval,
     decay_factors,
     float_dtype,
     outputs_type,
@@ -20,7 +30,7 @@ from ._common import (
 from ._gp import Gaussian
 
 
-def _fetch(result, name: str, call: str):
+def _fetch(result: Any, name: str, call: str) -> Any:
     value = getattr(result, name, None)
     if value is None and hasattr(result, "shape"):
         value = result
@@ -30,9 +40,139 @@ def _fetch(result, name: str, call: str):
     return value
 
 
-def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: float = 1.0, diag_reg: float = 0.0,
-                                  diag_reg_absolute_scale: bool = False, trace_axes=(-1,),
-                                  **kernel_fn_train_train_kwargs):
+class EnsemblePredictor:
+    """The `predict_fn` that `gradient_descent_mse_ensemble` returns: call it as
+    `predict_fn(t=None, x_test=None, get=None, compute_cov=False, **kernel_fn_test_test_kwargs)`.
+
+    The train-train kernels and their factorizations are computed on first use and kept only when concrete (the
+    training inputs, the keyword arguments and `diag_reg` hold values): they are then computed eagerly, even when the
+    first call is traced by `jit`, and reused by every later call and trace. Otherwise they are recomputed at every
+    call and never kept, so calling it under `jax.jit`, `jax.grad` or `jax.vmap` leaks no tracer.
+    """
+
+    def __init__(self, kernel_fn: Callable[..., Any], x_train: jax.Array, y_train: jax.Array, layout: KernelLayout,
+                 learning_rate: Any, diag_reg: Any, diag_reg_absolute_scale: bool,
+                 kernel_fn_kwargs: dict[str, Any]) -> None:
+        self.kernel_fn = kernel_fn
+        self.x_train = x_train
+        self.y_train = y_train
+        self.layout = layout
+        self.learning_rate = learning_rate
+        self.diag_reg = diag_reg
+        self.diag_reg_absolute_scale = diag_reg_absolute_scale
+        self.kernel_fn_kwargs = kernel_fn_kwargs
+        self._k_train: dict[str, jax.Array] = {}
+        self._facs: dict[str, Factorizations] = {}
+
+    def _train_kernels(self, gets: tuple[str, ...]) -> dict[str, jax.Array]:
+        """The train-train kernel matrices of `gets`, each from the cache or from one `kernel_fn` call."""
+        out = {g: self._k_train[g] for g in gets if g in self._k_train}
+        missing = tuple(g for g in gets if g not in out)
+        if missing:
+            layout, n = self.layout, self.y_train.shape[0]
+            with concrete_eval(self.x_train, self.kernel_fn_kwargs):
+                res = self.kernel_fn(self.x_train, None, missing, **self.kernel_fn_kwargs)
+                for g in missing:
+                    what = f"kernel_fn(x_train, None).{g}"
+                    k = check_array(_fetch(res, g, "the train-train kernel"), what)
+                    k = check_kernel(layout, k, n, n, what, float_dtype(k))
+                    out[g] = check_symmetric(layout.kernel_matrix(k), what)
+                    if all_concrete(out[g]):
+                        self._k_train[g] = out[g]
+        return out
+
+    def _factorization(self, g: str, k: jax.Array) -> Factorizations:
+        if g in self._facs:
+            return self._facs[g]
+        with concrete_eval(k, self.diag_reg):
+            fac = Factorizations(regularize(k, self.diag_reg, self.diag_reg_absolute_scale),
+                                 f"kernel_fn(x_train, None).{g}")
+        if fac.concrete:
+            self._facs[g] = fac
+        return fac
+
+    def _one(self, g: str, t: ArrayLike | None, test: dict[str, jax.Array] | None, compute_cov: bool,
+             k_train: dict[str, jax.Array]) -> jax.Array | Gaussian:
+        layout, n = self.layout, self.y_train.shape[0]
+        k_dd = k_train[g]
+        fac = self._factorization(g, k_dd)
+        dtype = k_dd.dtype
+        y = layout.to_matrix(self.y_train.astype(dtype))
+        if t is not None:
+            t_arr, infinite = times(t, dtype)
+            evals, evecs = fac.eigh
+            if infinite:
+                fac.check_invertible_eigh()
+            tau = t_arr * (as_scalar(self.learning_rate, dtype) / self.y_train.size)
+            expm1, inv = decay_factors(evals, tau)
+        cov = None
+        if test is None:  # training set, as the dynamics move it (from f₀ = 0)
+            if t is None:
+                fac.cho  # noqa: B018  (a singular concrete kernel never reaches Y)
+                mean = jnp.broadcast_to(y, y.shape)
+                if compute_cov:
+                    cov = jnp.zeros_like(k_train["nngp"])
+            else:
+                mean = -evecs @ (expm1[..., :, None] * (evecs.T @ y))
+                if compute_cov:
+                    e = (evecs * (1 + expm1)[..., None, :]) @ evecs.T  # e^{−τΘ̃}
+                    cov = e @ k_train["nngp"] @ jnp.swapaxes(e, -1, -2)
+            n_out = n
+        else:
+            k_td = test[g]
+            if t is None:
+                a = fac.solve(k_td.T).T  # Θ(x,X) Θ̃⁻¹
+            else:
+                a = ((k_td @ evecs) * inv[..., None, :]) @ evecs.T  # (*t, N_test·M, N·M)
+            mean = a @ y
+            if compute_cov:
+                cross = a @ test["nngp_td"].T
+                cov = (test["nngp_tt"] + a @ k_train["nngp"] @ jnp.swapaxes(a, -1, -2)
+                       - (cross + jnp.swapaxes(cross, -1, -2)))
+            n_out = k_td.shape[0] // layout.paired_size
+        mean = layout.from_matrix(mean, n_out)
+        if cov is None:
+            return mean
+        return Gaussian(mean, layout.kernel_from_matrix(cov, n_out, n_out))
+
+    def __call__(self, t: ArrayLike | None = None, x_test: ArrayLike | None = None,
+                 get: Get | tuple[Get, ...] | None = None, compute_cov: bool = False,
+                 **kernel_fn_test_test_kwargs: Any) -> Any:
+        """Means (or `Gaussian`s) at times `t` on `x_test` (see `gradient_descent_mse_ensemble`)."""
+        layout, n = self.layout, self.y_train.shape[0]
+        gets, single = parse_get(get, allow_none=True)
+        compute_cov = bool(compute_cov)
+        needed = tuple(sorted(set(gets) | ({"nngp"} if compute_cov else set())))
+        k_train = self._train_kernels(needed)
+        test = None
+        if x_test is not None:
+            x_test = check_array(x_test, "x_test")
+            if x_test.shape[1:] != self.x_train.shape[1:]:
+                raise ValueError(f"`x_test` {x_test.shape} and `x_train` {self.x_train.shape} need the same feature "
+                                 "shape.")
+            n_test = x_test.shape[0]
+            kwargs = {**self.kernel_fn_kwargs, **kernel_fn_test_test_kwargs}
+            res = self.kernel_fn(x_test, self.x_train, needed, **kwargs)
+            test = {}
+            for g in needed:
+                what = f"kernel_fn(x_test, x_train).{g}"
+                k = check_array(_fetch(res, g, "the test-train kernel"), what)
+                test[g] = layout.kernel_matrix(check_kernel(layout, k, n_test, n, what, k_train[g].dtype))
+            if compute_cov:
+                test["nngp_td"] = test["nngp"]
+                what = "kernel_fn(x_test, None).nngp"
+                res_tt = self.kernel_fn(x_test, None, ("nngp",), **kwargs)
+                k = check_array(_fetch(res_tt, "nngp", "the test-test kernel"), what)
+                test["nngp_tt"] = layout.kernel_matrix(check_kernel(layout, k, n_test, n_test, what,
+                                                                    k_train["nngp"].dtype))
+        out = [self._one(g, t, test, compute_cov, k_train) for g in gets]
+        return out[0] if single else outputs_type(gets)(*out)
+
+
+def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayLike, y_train: ArrayLike,
+                                  learning_rate: float | jax.Array = 1.0, diag_reg: float | jax.Array = 0.0,
+                                  diag_reg_absolute_scale: bool = False, trace_axes: TraceAxes = (-1,),
+                                  **kernel_fn_train_train_kwargs: Any) -> EnsemblePredictor:
     r"""Gaussian over outputs of an infinite ensemble of infinitely wide networks trained on MSE, at any time.
 
     At initialization the outputs are a GP with the NNGP kernel `K`; training by gradient flow with the NTK `Θ`
@@ -46,12 +186,19 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
     `get="ntk"` is this NTK ensemble; `get="nngp"` trains with `K` in place of `Θ` (only the readout layer
     trained): at `t = ∞` the NNGP Bayesian posterior. The train-train kernel of the dynamics gets the ridge
     `diag_reg` (relative to its mean diagonal unless `diag_reg_absolute_scale`); the prior `K` does not. One
-    eigendecomposition (finite `t`) or Cholesky factor (`t=None`) per kernel is computed and cached.
+    eigendecomposition (finite `t`) or Cholesky factor (`t=None`) per kernel is computed on first use.
+
+    Under JAX transformations: `predict_fn` may be called under `jax.jit`, `jax.grad` and `jax.vmap` with `t` or
+    `x_test` traced (`get` and `compute_cov` are Python values), and `gradient_descent_mse_ensemble` itself with
+    traced `x_train`, `y_train`, `learning_rate` or `diag_reg`. Train-train kernels and factorizations are kept only
+    when concrete (computed eagerly, once, even if the first call is traced), else recomputed at every call. Checks
+    that need values (NaN/Inf, symmetry, negative times, a singular kernel at infinite time) run only on concrete
+    inputs.
 
     Args:
       kernel_fn: `kernel_fn(x1, x2, get, **kwargs)` returning a named tuple with `nngp`/`ntk` fields (an analytic
         `ntkit.nn` layer's kernel, or `functools.partial(ntkit.empirical_kernel_fn(f), params=params)`), or an array
-        when one kernel is asked for. `x2=None` means `x1`. Called once for the train-train kernels.
+        when one kernel is asked for. `x2=None` means `x1`. Called once for the train-train kernels (when concrete).
       x_train: training inputs `(N, ...)`.
       y_train: targets `(N, O_1, ..., O_d)`.
       learning_rate: `η`; `t` counts steps of it.
@@ -61,16 +208,17 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
       **kernel_fn_train_train_kwargs: passed to every `kernel_fn` call.
 
     Returns:
-      `predict_fn(t=None, x_test=None, get=None, compute_cov=False, **kernel_fn_test_test_kwargs)`: `t` a scalar
-      or array of times (leading axes of the result), `None` for infinity; `x_test=None` gives the outputs on the
-      training set as the dynamics move them (mean `(I − e^{−τΘ̃}) Y`, covariance `e^{−τΘ̃} K e^{−τΘ̃}`; at
-      infinite time `N(Y, 0)`; pass `x_test=x_train` for the ridge regressor's fit); `get` is `"nngp"`, `"ntk"`, a
-      tuple of them or `None` for both; extra keyword arguments override the train ones in the test calls. Each
-      result is the mean `t.shape + (N_test, O_1, ..., O_d)` or, with `compute_cov`, `Gaussian(mean, covariance)`
-      with covariance `t.shape + (N_test, N_test, O_a, O_a', ...)`; a tuple `get` gives a named tuple of them.
+      An `EnsemblePredictor` `predict_fn(t=None, x_test=None, get=None, compute_cov=False,
+      **kernel_fn_test_test_kwargs)`: `t` a scalar or array of times (leading axes of the result), `None` for
+      infinity; `x_test=None` gives the outputs on the training set as the dynamics move them (mean
+      `(I − e^{−τΘ̃}) Y`, covariance `e^{−τΘ̃} K e^{−τΘ̃}`; at infinite time `N(Y, 0)`; pass `x_test=x_train` for the
+      ridge regressor's fit); `get` is `"nngp"`, `"ntk"`, a tuple of them or `None` for both; extra keyword
+      arguments override the train ones in the test calls. Each result is the mean `t.shape + (N_test, O_1, ...,
+      O_d)` or, with `compute_cov`, `Gaussian(mean, covariance)` with covariance
+      `t.shape + (N_test, N_test, O_a, O_a', ...)`; a tuple `get` gives a named tuple of them.
 
     Example:
-      >>> import jax.numpy as jnp, ntkit.predict
+      >>> import jax, jax.numpy as jnp, ntkit.predict
       >>> def kernel_fn(x1, x2, get):  # a linear network's kernels
       ...     x2 = x1 if x2 is None else x2
       ...     k = x1 @ x2.T / x1.shape[1]
@@ -80,102 +228,21 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
       >>> out = predict_fn(t=None, x_test=x, get="ntk", compute_cov=True)
       >>> out.mean.shape, out.covariance.shape
       ((3, 1), (3, 3))
+      >>> mean_at = jax.jit(lambda t: predict_fn(t, x, "ntk"))  # jit over t
+      >>> bool(jnp.allclose(mean_at(2.0), predict_fn(2.0, x, "ntk")))
+      True
     """
     if not callable(kernel_fn):
         raise TypeError(f"`kernel_fn` must be callable as kernel_fn(x1, x2, get), got {type(kernel_fn).__name__}.")
-    x_train = check_array(x_train, "x_train")
-    y_train = check_array(y_train, "y_train")
+    with concrete_eval(x_train):
+        x_train = check_array(x_train, "x_train")
+    with concrete_eval(y_train):
+        y_train = check_array(y_train, "y_train")
     learning_rate = check_scalar(learning_rate, "learning_rate", positive=True)
     diag_reg = check_scalar(diag_reg, "diag_reg")
     layout = target_layout(y_train.shape, trace_axes)
     n = y_train.shape[0]
     if x_train.ndim < 1 or x_train.shape[0] != n:
         raise ValueError(f"`x_train` {x_train.shape} and `y_train` {y_train.shape} need the same number of examples.")
-    size = y_train.size
-    k_train: dict = {}
-    facs: dict = {}
-
-    def train_kernels(gets):
-        missing = tuple(g for g in gets if g not in k_train)
-        if missing:
-            res = kernel_fn(x_train, None, missing, **kernel_fn_train_train_kwargs)
-            for g in missing:
-                what = f"kernel_fn(x_train, None).{g}"
-                k = check_array(_fetch(res, g, "the train-train kernel"), what)
-                k = check_kernel(layout, k, n, n, what, float_dtype(k))
-                k_train[g] = check_symmetric(layout.kernel_matrix(k), what)
-        return [k_train[g] for g in gets]
-
-    def factorization(g):
-        if g not in facs:
-            (k,) = train_kernels((g,))
-            facs[g] = Factorizations(regularize(k, diag_reg, diag_reg_absolute_scale), f"kernel_fn(x_train, None).{g}")
-        return facs[g]
-
-    def one(g, t, test, compute_cov):
-        fac = factorization(g)
-        k_dd = k_train[g]
-        dtype = k_dd.dtype
-        y = layout.to_matrix(y_train.astype(dtype))
-        prior = train_kernels(("nngp",))[0] if compute_cov else None
-        if t is not None:
-            tau = times(t, dtype) * (learning_rate / size)
-            evals, evecs = fac.eigh
-            if bool(jnp.any(jnp.isinf(tau))):
-                fac.check_invertible_eigh()
-            expm1, inv = decay_factors(evals, tau)
-        if test is None:  # training set, as the dynamics move it (from f₀ = 0)
-            if t is None:
-                fac.cho  # noqa: B018  (a singular kernel never reaches Y)
-                mean = jnp.broadcast_to(y, y.shape)
-                cov = jnp.zeros_like(prior) if compute_cov else None
-            else:
-                mean = -evecs @ (expm1[..., :, None] * (evecs.T @ y))
-                if compute_cov:
-                    e = (evecs * (1 + expm1)[..., None, :]) @ evecs.T  # e^{−τΘ̃}
-                    cov = e @ prior @ jnp.swapaxes(e, -1, -2)
-            n_out = n
-        else:
-            k_td, nngp_td, nngp_tt = test[g], test.get("nngp_td"), test.get("nngp_tt")
-            if t is None:
-                a = fac.solve(k_td.T).T  # Θ(x,X) Θ̃⁻¹
-            else:
-                a = ((k_td @ evecs) * inv[..., None, :]) @ evecs.T  # (*t, N_test·M, N·M)
-            mean = a @ y
-            if compute_cov:
-                cross = a @ nngp_td.T
-                cov = nngp_tt + a @ prior @ jnp.swapaxes(a, -1, -2) - (cross + jnp.swapaxes(cross, -1, -2))
-            n_out = k_td.shape[0] // layout.paired_size
-        mean = layout.from_matrix(mean, n_out)
-        if not compute_cov:
-            return mean
-        return Gaussian(mean, layout.kernel_from_matrix(cov, n_out, n_out))
-
-    def predict_fn(t=None, x_test=None, get=None, compute_cov=False, **kernel_fn_test_test_kwargs):
-        gets, single = parse_get(get, allow_none=True)
-        needed = tuple(sorted(set(gets) | ({"nngp"} if compute_cov else set())))
-        train_kernels(needed)
-        test = None
-        if x_test is not None:
-            x_test = check_array(x_test, "x_test")
-            if x_test.shape[1:] != x_train.shape[1:]:
-                raise ValueError(f"`x_test` {x_test.shape} and `x_train` {x_train.shape} need the same feature shape.")
-            n_test = x_test.shape[0]
-            kwargs = {**kernel_fn_train_train_kwargs, **kernel_fn_test_test_kwargs}
-            res = kernel_fn(x_test, x_train, needed, **kwargs)
-            test = {}
-            for g in needed:
-                what = f"kernel_fn(x_test, x_train).{g}"
-                k = check_array(_fetch(res, g, "the test-train kernel"), what)
-                test[g] = layout.kernel_matrix(check_kernel(layout, k, n_test, n, what, k_train[g].dtype))
-            if compute_cov:
-                test["nngp_td"] = test["nngp"]
-                what = "kernel_fn(x_test, None).nngp"
-                res_tt = kernel_fn(x_test, None, ("nngp",), **kwargs)
-                k = check_array(_fetch(res_tt, "nngp", "the test-test kernel"), what)
-                test["nngp_tt"] = layout.kernel_matrix(check_kernel(layout, k, n_test, n_test, what,
-                                                                           k_train["nngp"].dtype))
-        out = [one(g, t, test, bool(compute_cov)) for g in gets]
-        return out[0] if single else outputs_type(gets)(*out)
-
-    return predict_fn
+    return EnsemblePredictor(kernel_fn, x_train, y_train, layout, learning_rate, diag_reg, diag_reg_absolute_scale,
+                             dict(kernel_fn_train_train_kwargs))

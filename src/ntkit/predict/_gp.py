@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import collections
+from typing import Any, Literal, NamedTuple, TypeAlias
 
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from .._checks import check_array, check_scalar
-from .._kernel import GETS, parse_get
+from .._kernel import parse_get
+from .._layout import KernelLayout
 from ._common import (
     Factorizations,
+    TraceAxes,
+    all_concrete,
     check_kernel,
     check_symmetric,
+    concrete_eval,
     float_dtype,
     outputs_type,
     pick,
@@ -19,17 +25,111 @@ from ._common import (
     target_layout,
 )
 
-Gaussian = collections.namedtuple("Gaussian", ["mean", "covariance"])
-Gaussian.__doc__ = """A Gaussian over outputs: `mean` `(..., N, O_1, ..., O_d)`, `covariance`
-`(..., N, N, O_a, O_a', ...)` over the untraced output axes (the same for every traced output)."""
+GPGet: TypeAlias = Literal["nngp", "ntk", "ntkgp"]
+"""The posteriors `gp_inference` computes."""
 
 
-def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
-                 trace_axes=(-1,)):
+class Gaussian(NamedTuple):
+    """A Gaussian over outputs: `mean` `(..., N, O_1, ..., O_d)`, `covariance` `(..., N, N, O_a, O_a', ...)` over the
+    untraced output axes (the same for every traced output)."""
+
+    mean: jax.Array
+    covariance: jax.Array
+
+
+class _Train(NamedTuple):
+    """One train-train kernel as a matrix, the factorizations of its regularized form, and `K̃⁻¹ Y`."""
+
+    k: jax.Array
+    fac: Factorizations
+    alpha: jax.Array
+
+
+class GPPredictor:
+    """The `predict_fn` that `gp_inference` returns: call it as
+    `predict_fn(get=None, k_test_train=None, k_test_test=None)`.
+
+    It holds the train-train kernels and targets. The factorization and `K̃⁻¹ Y` of a concrete kernel are computed on
+    first use (eagerly, even under `jit`) and kept; those of a traced kernel are recomputed at every call and never
+    kept, so calling it under `jax.jit`, `jax.grad` or `jax.vmap` leaks no tracer.
+    """
+
+    def __init__(self, k_train_train: Any, y_train: jax.Array, layout: KernelLayout, diag_reg: Any,
+                 diag_reg_absolute_scale: bool) -> None:
+        self.k_train_train = k_train_train
+        self.y_train = y_train
+        self.layout = layout
+        self.diag_reg = diag_reg
+        self.diag_reg_absolute_scale = diag_reg_absolute_scale
+        self._cache: dict[str, _Train] = {}
+
+    def _train(self, name: str) -> _Train:
+        """The `name` ('nngp'/'ntk') train kernel, its factorizations and `K̃⁻¹ Y`, kept when concrete."""
+        if name in self._cache:
+            return self._cache[name]
+        layout, n = self.layout, self.y_train.shape[0]
+        what = f"k_train_train.{name}" if not hasattr(self.k_train_train, "shape") else "k_train_train"
+        raw = pick(self.k_train_train, name, "k_train_train")
+        with concrete_eval(raw, self.diag_reg):
+            k = check_array(raw, what)
+            dtype = float_dtype(k)
+            k = check_symmetric(layout.kernel_matrix(check_kernel(layout, k, n, n, what, dtype)), what)
+            fac = Factorizations(regularize(k, self.diag_reg, self.diag_reg_absolute_scale), what)
+        with concrete_eval(fac.k, self.y_train):
+            train = _Train(k, fac, fac.solve(layout.to_matrix(self.y_train.astype(dtype))))
+        if all_concrete(train.k, train.alpha):
+            self._cache[name] = train
+        return train
+
+    def _test_kernel(self, kernels: Any, name: str, arg: str, n1: int, n2: int, dtype: Any) -> jax.Array:
+        what = f"{arg}.{name}" if not hasattr(kernels, "shape") else arg
+        return self.layout.kernel_matrix(check_kernel(self.layout, pick(kernels, name, arg), n1, n2, what, dtype))
+
+    def _one(self, g: str, k_test_train: Any, k_test_test: Any) -> jax.Array | Gaussian:
+        layout, n = self.layout, self.y_train.shape[0]
+        kname = "nngp" if g == "nngp" else "ntk"
+        train = self._train(kname)
+        dtype = train.k.dtype
+        if k_test_train is None:
+            mean = self.y_train.astype(dtype)
+            if k_test_test is None:
+                return mean
+            return Gaussian(mean, jnp.zeros(layout.kernel_shape(n, n), dtype))
+        first = check_array(pick(k_test_train, kname, "k_test_train"), "k_test_train")
+        if first.ndim == 0:
+            raise ValueError("`k_test_train` must have shape (N_test, N, ...), got a scalar.")
+        n_test = first.shape[0]
+        k_td = self._test_kernel(k_test_train, kname, "k_test_train", n_test, n, dtype)
+        mean = layout.from_matrix(k_td @ train.alpha, n_test)
+        if k_test_test is None:
+            return mean
+        prior = "ntk" if g == "ntkgp" else "nngp"
+        k_tt = self._test_kernel(k_test_test, prior, "k_test_test", n_test, n_test, dtype)
+        if g in ("nngp", "ntkgp"):
+            cov = k_tt - k_td @ train.fac.solve(k_td.T)
+        else:
+            k_dd = self._train("nngp").k
+            nngp_td = self._test_kernel(k_test_train, "nngp", "k_test_train", n_test, n, dtype)
+            a = train.fac.solve(k_td.T).T  # Θ(x,X) Θ̃⁻¹
+            cross = a @ nngp_td.T
+            cov = k_tt + a @ k_dd @ a.T - (cross + cross.T)
+        return Gaussian(mean, layout.kernel_from_matrix(cov, n_test, n_test))
+
+    def __call__(self, get: GPGet | tuple[GPGet, ...] | None = None, k_test_train: Any = None,
+                 k_test_test: Any = None) -> Any:
+        """Posterior means (or `Gaussian`s) for `get` (see `gp_inference`)."""
+        gets, single = parse_get(("nngp", "ntk") if get is None else get, ("nngp", "ntk", "ntkgp"))
+        out = [self._one(g, k_test_train, k_test_test) for g in gets]
+        return out[0] if single else outputs_type(gets)(*out)
+
+
+def gp_inference(k_train_train: Any, y_train: ArrayLike, diag_reg: float | jax.Array = 0.0,
+                 diag_reg_absolute_scale: bool = False, trace_axes: TraceAxes = (-1,)) -> GPPredictor:
     r"""Posterior mean (and covariance) on test points of the NNGP, NTK and NTK-GP Gaussian processes.
 
     With train-train kernels `K` (NNGP) and `Θ` (NTK), a ridge `ε` (`K̃ = K + εI`, `Θ̃ = Θ + εI`, `ε = diag_reg`
-    times the kernel's mean diagonal unless `diag_reg_absolute_scale`), test-train kernels `K(x, X)`, `Θ(x, X)`:
+    times the kernel's mean diagonal unless `diag_reg_absolute_scale`), test-train kernels `K(x, X)`, `Θ(x, X)`
+    (docs/theory.md §3):
 
     * `"nngp"`, the exact posterior of an infinitely wide Bayesian network (observation noise `ε`):
       mean `K(x,X) K̃⁻¹ Y`, covariance `K(x,x) − K(x,X) K̃⁻¹ K(X,x)`;
@@ -40,7 +140,11 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
     * `"ntkgp"`, a GP with the NTK as prior covariance (He et al. 2020, "Bayesian deep ensembles via the NTK"):
       mean `Θ(x,X) Θ̃⁻¹ Y`, covariance `Θ(x,x) − Θ(x,X) Θ̃⁻¹ Θ(X,x)`.
 
-    Inverses are Cholesky solves, one factorization per kernel, cached.
+    Inverses are Cholesky solves, one factorization per kernel, computed on first use and kept when the kernel is
+    concrete. Under JAX transformations: `predict_fn` may be called under `jax.jit`, `jax.grad` and `jax.vmap` with
+    traced test kernels, and `gp_inference` itself with traced train kernels, targets or `diag_reg`; checks that need
+    values (NaN/Inf, symmetry, a singular train kernel) run only on concrete kernels; the Cholesky solve of a traced
+    singular kernel gives NaN or Inf instead of an error.
 
     Args:
       k_train_train: train-train kernels: a named tuple with `nngp` and/or `ntk` fields (e.g. `ntkit.Kernel`), or
@@ -51,82 +155,31 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0, diag_reg_absolut
       trace_axes: output axes the kernels were traced over.
 
     Returns:
-      `predict_fn(get=None, k_test_train=None, k_test_test=None)`. `get` is `"nngp"`, `"ntk"`, `"ntkgp"`, a tuple
-      of them, or `None` for `("nngp", "ntk")`. `k_test_train` `(N_test, N, ...)`: kernels (array or named tuple) to
-      predict on; `None` predicts on the training set, which is `N(Y, 0)` as in neural-tangents (for the ridge's
-      fit on the training inputs pass `k_test_train=k_train_train`). `k_test_test` `(N_test, N_test, ...)`: give it
-      for the covariance (`"nngp"`/`"ntk"` need the NNGP, `"ntkgp"` the NTK; with `k_test_train=None` any value
-      works). Each result is the mean, or `Gaussian(mean, covariance)` when `k_test_test` is given; a tuple `get`
-      gives a named tuple with one field per entry.
+      A `GPPredictor` `predict_fn(get=None, k_test_train=None, k_test_test=None)`. `get` is `"nngp"`, `"ntk"`,
+      `"ntkgp"`, a tuple of them, or `None` for `("nngp", "ntk")`. `k_test_train` `(N_test, N, ...)`: kernels (array
+      or named tuple) to predict on; `None` predicts on the training set, which is `N(Y, 0)` as in neural-tangents
+      (for the ridge's fit on the training inputs pass `k_test_train=k_train_train`). `k_test_test`
+      `(N_test, N_test, ...)`: give it for the covariance (`"nngp"`/`"ntk"` need the NNGP, `"ntkgp"` the NTK; with
+      `k_test_train=None` any value works). Each result is the mean, or `Gaussian(mean, covariance)` when
+      `k_test_test` is given; a tuple `get` gives a named tuple with one field per entry.
 
     Raises:
       ValueError: bad shapes, NaN/Inf, non-symmetric train kernels, a kernel missing for the requested `get`, or a
-        singular train kernel without ridge.
+        singular train kernel without ridge (the value checks on concrete kernels only).
 
     Example:
-      >>> import jax.numpy as jnp, ntkit.predict
+      >>> import jax, jax.numpy as jnp, ntkit.predict
       >>> k = jnp.array([[1.0, 0.5], [0.5, 1.0]]); y = jnp.array([[1.0], [0.0]])
       >>> predict_fn = ntkit.predict.gp_inference(k, y, diag_reg=1e-3)
       >>> post = predict_fn("nngp", k_test_train=jnp.array([[0.5, 1.0]]), k_test_test=jnp.array([[1.0]]))
       >>> post.mean.shape, post.covariance.shape
       ((1, 1), (1, 1))
+      >>> mean_at = jax.jit(lambda k_xX: predict_fn("nngp", k_xX))  # jit over the test-train kernel
+      >>> bool(jnp.allclose(mean_at(jnp.array([[0.5, 1.0]])), post.mean))
+      True
     """
-    y_train = check_array(y_train, "y_train")
+    with concrete_eval(y_train):
+        y_train = check_array(y_train, "y_train")
     diag_reg = check_scalar(diag_reg, "diag_reg")
     layout = target_layout(y_train.shape, trace_axes)
-    n = y_train.shape[0]
-    cache: dict = {}
-
-    def train(name: str):
-        """`(K matrix, Factorizations of K̃, K̃⁻¹ Y)` for the `name` kernel, computed once."""
-        if name not in cache:
-            what = f"k_train_train.{name}" if not hasattr(k_train_train, "shape") else "k_train_train"
-            k = check_array(pick(k_train_train, name, "k_train_train"), what)
-            dtype = float_dtype(k)
-            k = check_symmetric(layout.kernel_matrix(check_kernel(layout, k, n, n, what, dtype)), what)
-            fac = Factorizations(regularize(k, diag_reg, diag_reg_absolute_scale), what)
-            cache[name] = (k, fac, None, dtype)
-        k, fac, alpha, dtype = cache[name]
-        if alpha is None:
-            alpha = fac.solve(layout.to_matrix(y_train.astype(dtype)))
-            cache[name] = (k, fac, alpha, dtype)
-        return cache[name]
-
-    def test_kernel(kernels, name: str, arg: str, n1: int, n2: int, dtype):
-        what = f"{arg}.{name}" if not hasattr(kernels, "shape") else arg
-        return layout.kernel_matrix(check_kernel(layout, pick(kernels, name, arg), n1, n2, what, dtype))
-
-    def one(g: str, k_test_train, k_test_test):
-        kname = "nngp" if g == "nngp" else "ntk"
-        _, fac, alpha, dtype = train(kname)
-        if k_test_train is None:
-            mean = y_train.astype(dtype)
-            if k_test_test is None:
-                return mean
-            return Gaussian(mean, jnp.zeros(layout.kernel_shape(n, n), dtype))
-        first = check_array(pick(k_test_train, kname, "k_test_train"), "k_test_train")
-        if first.ndim == 0:
-            raise ValueError("`k_test_train` must have shape (N_test, N, ...), got a scalar.")
-        n_test = first.shape[0]
-        k_td = test_kernel(k_test_train, kname, "k_test_train", n_test, n, dtype)
-        mean = layout.from_matrix(k_td @ alpha, n_test)
-        if k_test_test is None:
-            return mean
-        prior = "ntk" if g == "ntkgp" else "nngp"
-        k_tt = test_kernel(k_test_test, prior, "k_test_test", n_test, n_test, dtype)
-        if g in ("nngp", "ntkgp"):
-            cov = k_tt - k_td @ fac.solve(k_td.T)
-        else:
-            k_dd = train("nngp")[0]
-            nngp_td = test_kernel(k_test_train, "nngp", "k_test_train", n_test, n, dtype)
-            a = fac.solve(k_td.T).T  # Θ(x,X) Θ̃⁻¹
-            cross = a @ nngp_td.T
-            cov = k_tt + a @ k_dd @ a.T - (cross + cross.T)
-        return Gaussian(mean, layout.kernel_from_matrix(cov, n_test, n_test))
-
-    def predict_fn(get=None, k_test_train=None, k_test_test=None):
-        gets, single = parse_get(GETS if get is None else get, ("nngp", "ntk", "ntkgp"))
-        out = [one(g, k_test_train, k_test_test) for g in gets]
-        return out[0] if single else outputs_type(gets)(*out)
-
-    return predict_fn
+    return GPPredictor(k_train_train, y_train, layout, diag_reg, diag_reg_absolute_scale)
