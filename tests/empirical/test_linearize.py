@@ -46,3 +46,22 @@ def test_taylor_expand_degrees(dtype):
     assert_close(ntkit.taylor_expand(quadratic, params, 3)(new, x), quadratic(new, x), scale=10)
     with pytest.raises(ValueError, match="`degree`"):
         ntkit.taylor_expand(quadratic, params, -1)
+
+
+def test_pytree_outputs(dtype):
+    """Models returning tuples or dicts: a quadratic in its parameters is its own second-order expansion, and
+    its linearization is `f(p0) + J Δ` leaf by leaf."""
+    def f(p, x):
+        z = x @ p
+        return z ** 2, {"lin": 3.0 * z}
+
+    k1, k2 = jax.random.split(jax.random.key(3))
+    p0, x = jax.random.normal(k1, (3, 2), dtype), jax.random.normal(k2, (4, 3), dtype)
+    p = p0 + 0.5
+    expanded = ntkit.taylor_expand(f, p0, 2)(p, x)
+    assert_close(expanded[0], f(p, x)[0], scale=10)
+    assert_close(expanded[1]["lin"], f(p, x)[1]["lin"], scale=10)
+    linear = ntkit.linearize(f, p0)(p, x)
+    z0, dz = x @ p0, x @ (p - p0)
+    assert_close(linear[0], z0 ** 2 + 2 * z0 * dz, scale=10)
+    assert_close(linear[1]["lin"], 3.0 * (z0 + dz), scale=10)

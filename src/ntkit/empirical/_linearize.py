@@ -31,7 +31,7 @@ def linearize(f: Callable, params) -> Callable:
 
     def f_lin(p, *args, **kwargs):
         out, tangent = jax.jvp(lambda q: f(q, *args, **kwargs), (params,), (_delta(p, params),))
-        return out + tangent
+        return jax.tree_util.tree_map(lambda a, b: a + b, out, tangent)  # outputs may be any pytree
 
     return f_lin
 
@@ -65,7 +65,7 @@ def taylor_expand(f: Callable, params, degree: int) -> Callable:
                 return jax.jvp(prev, (s,), (1.0,))[1]
 
             factorial *= j
-            total = total + deriv(0.0) / factorial
+            total = jax.tree_util.tree_map(lambda t, d, c=factorial: t + d / c, total, deriv(0.0))
         return total
 
     return f_taylor
