@@ -228,3 +228,51 @@ def test_auto_with_required_keyword_arguments(dtype):
     np.testing.assert_array_equal(ntk_fn(x1, x2, params, rng=rng), explicit)
     ref = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation="jacobian")(x1, x2, params, rng=rng)
     assert_close(explicit, ref, scale=10)
+
+
+def _dropout_model(dtype):
+    k = jax.random.split(jax.random.key(0), 4)
+    params = {"w1": jax.random.normal(k[0], (5, 16), dtype), "w2": jax.random.normal(k[1], (16, 3), dtype) / 4}
+
+    def f(p, x, rng):
+        h = jnp.tanh(x @ p["w1"] / jnp.sqrt(5.0).astype(dtype))
+        keep = jax.random.bernoulli(rng, 0.7, h.shape)
+        return jnp.where(keep, h / 0.7, jnp.zeros((), dtype)) @ p["w2"]
+
+    return f, params, jax.random.normal(k[2], (4, 5), dtype), jax.random.normal(k[3], (3, 5), dtype)
+
+
+@pytest.mark.parametrize("vmap_axes", [0, None])
+def test_models_with_random_masks_agree_across_implementations(dtype, vmap_axes):
+    """A dropout key is used one example at a time with `vmap_axes=0` (each example gets the same mask), once per
+    batch with `None`; every implementation follows the same convention as the brute-force Jacobian."""
+    f, params, x1, x2 = _dropout_model(dtype)
+    rng = jax.random.key(9)
+    if vmap_axes == 0:
+        def g(p, x):
+            return jax.vmap(lambda xi: f(p, xi[None], rng)[0])(x)
+    else:
+        def g(p, x):
+            return f(p, x, rng)
+    # brute force: g(x1) and g(x2) evaluated as the convention says (per example, or each batch as given)
+    j1, j2 = jax.jacobian(g)(params, x1), jax.jacobian(g)(params, x2)
+    ref = sum(jnp.einsum("icz,jcz->ij", a.reshape(a.shape[:2] + (-1,)), b.reshape(b.shape[:2] + (-1,)))
+              for a, b in zip(jax.tree_util.tree_leaves(j1), jax.tree_util.tree_leaves(j2), strict=True)) / 3
+    for implementation in ("jacobian", "ntvp", "structured"):
+        ntk = ntkit.empirical_ntk_fn(f, vmap_axes=vmap_axes, implementation=implementation)(x1, x2, params, rng=rng)
+        assert_close(ntk, ref, scale=10, err_msg=implementation)
+
+
+def test_tiling_a_model_that_couples_examples_is_refused(dtype):
+    f, params, x1, _ = _dropout_model(dtype)
+    ntk_fn = ntkit.empirical_ntk_fn(f, implementation="jacobian")
+    with pytest.raises(ValueError, match="depends on the other examples of its batch"):
+        ntk_fn(x1, None, params, batch_size=2, rng=jax.random.key(9))
+
+    def batch_norm(p, x):  # batch statistics in training mode
+        h = x @ p["w1"]
+        return ((h - h.mean(0)) / (h.std(0) + 1)) @ p["w2"]
+
+    with pytest.raises(ValueError, match="depends on the other examples of its batch"):
+        ntkit.empirical_ntk_fn(batch_norm, implementation="jacobian")(x1, None, params, batch_size=2)
+    ntkit.empirical_ntk_fn(batch_norm, implementation="jacobian")(x1, None, params)  # whole batch: fine

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import _checks
 from .._kernel import Get, parse_get, select
@@ -58,8 +59,8 @@ def _ntk_block(implementation, model, layout, x1, x2, params, kwargs):
 
 
 def _nngp_block(model, layout, x1, x2, params, kwargs):
-    f1 = model.batch(params, x1, kwargs)
-    f2 = f1 if x2 is None else model.batch(params, x2, kwargs)
+    f1 = model.outputs(params, x1, kwargs)
+    f2 = f1 if x2 is None else model.outputs(params, x2, kwargs)
     return jnp.einsum(f"{layout.side1},{layout.side2}->{layout.out}", f1, f2)
 
 
@@ -74,6 +75,22 @@ def _block(get, implementation, model, layout, static_kwargs, x1, x2, params, dy
 
 
 _jit_block = jax.jit(_block, static_argnums=(0, 1, 2, 3, 4))
+
+
+def _check_examples_independent(model: Model, x: Any, params: Any, kwargs: dict[str, Any]) -> None:
+    """Raises if `f`'s output on an example depends on the other examples of its batch (batch statistics, masks
+    drawn per batch): tiles would then give another kernel than the whole batch. Two examples, three forward passes;
+    skipped on traced values."""
+    if x.shape[0] < 2 or not all(_checks.is_concrete(leaf) for leaf in jax.tree_util.tree_leaves((x, params))):
+        return
+    together = np.asarray(model.batch(params, x[:2], kwargs))
+    apart = np.concatenate([np.asarray(model.batch(params, x[i:i + 1], kwargs)) for i in range(2)])
+    tol = 100 * np.finfo(together.dtype).eps if np.issubdtype(together.dtype, np.floating) else 0.0
+    if not np.allclose(together, apart, rtol=tol, atol=tol * float(np.max(np.abs(together), initial=0.0))):
+        raise ValueError(
+            "`f`'s output on an example depends on the other examples of its batch (batch statistics, or random "
+            "masks drawn for the whole batch), so tiles of `batch_size` would give another kernel than the whole "
+            "batch: compute it without `batch_size`, or make examples independent and pass `vmap_axes=0`.")
 
 
 class _Engine:
@@ -142,6 +159,8 @@ class _Engine:
             return _jit_block(gets, implementation, model, layout, static, a, b, params, dynamic)
 
         tiles = Tiles.build(x1.shape[0], None if x2 is None else x2.shape[0], batch_size, layout.batch_diagonal)
+        if not tiles.single and not model.per_example:
+            _check_examples_independent(model, x1, params, kwargs)
         if tiles.single:
             results = block(x1, x2)
         else:

@@ -28,6 +28,13 @@ class Model:
         """`f` on one example `x` (no batch axis); the batch axis is added and removed around the call."""
         return self.f(params, x[None], **kwargs)[0]
 
+    def outputs(self, params, x, kwargs):
+        """`f` on the batch `x` as every implementation sees it: one example at a time when `per_example` (so a
+        model drawing random masks from an `rng` keyword gives the same outputs to all implementations)."""
+        if self.per_example:
+            return jax.vmap(lambda xi: self.single(params, xi, kwargs))(x)
+        return self.batch(params, x, kwargs)
+
 
 def output_shape(model: Model, params, x, kwargs) -> tuple[int, ...]:
     """Shape of `f(params, x)` after checking the output is one array with the batch axis first."""

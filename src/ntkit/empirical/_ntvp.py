@@ -36,7 +36,7 @@ def ntvp_kernel(model: Model, layout: KernelLayout, x1, x2, params, kwargs):
             if not model.per_example:
                 e = jnp.zeros((x2.shape[0],) + out_shape, dtype).at[index].set(e)
             (tangent,) = vjp_fn(e)
-            return jax.jvp(lambda p: model.batch(p, x1, kwargs), (params,), (tangent,))[1]
+            return jax.jvp(lambda p: model.outputs(p, x1, kwargs), (params,), (tangent,))[1]
 
         return jax.vmap(column)(basis)  # (O', N1, O...)
 
