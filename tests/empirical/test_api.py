@@ -276,3 +276,39 @@ def test_tiling_a_model_that_couples_examples_is_refused(dtype):
     with pytest.raises(ValueError, match="depends on the other examples of its batch"):
         ntkit.empirical_ntk_fn(batch_norm, implementation="jacobian")(x1, None, params, batch_size=2)
     ntkit.empirical_ntk_fn(batch_norm, implementation="jacobian")(x1, None, params)  # whole batch: fine
+
+
+def test_memory_budget_respects_the_address_space_limit(tmp_path):
+    """Under `prlimit --as` the budget is at most half of what the limit leaves (not half the machine's RAM)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit not installed")
+    code = ("import ntkit._memory as m, os; used = int(open(f'/proc/{os.getpid()}/status').read()"
+            ".split('VmSize:')[1].split()[0]) * 1024; print(m.memory_budget_bytes(), used)")
+    limit = 6 * 2 ** 30
+    out = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    budget, used = float(out[0]), float(out[1])
+    assert 0 < budget <= (limit - used) / 2 * 1.01  # VmSize read twice: allow its growth in between
+    unlimited = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert float(unlimited.split()[0]) > budget
+
+
+def test_auto_checks_what_xla_allocates(dtype, monkeypatch):
+    """When no method's compiled program fits the budget, auto runs the one XLA says allocates least."""
+    from ntkit.empirical import _api
+
+    f, params, x1, x2 = MODELS["mlp"](dtype)
+    ntk_fn = ntkit.empirical_ntk_fn(f, vmap_axes=0)
+    monkeypatch.setattr(_api, "memory_budget_bytes", lambda: 1.0)  # nothing fits
+
+    def allocated(implementation):
+        single = ntkit.empirical_ntk_fn(f, vmap_axes=0, implementation=implementation)
+        lowered = jax.jit(lambda a, b, p: single(a, b, p)).lower(x1, x2, params).compile().memory_analysis()
+        return lowered.argument_size_in_bytes + lowered.output_size_in_bytes + lowered.temp_size_in_bytes
+
+    sizes = {impl: allocated(impl) for impl in ("jacobian", "ntvp", "structured")}
+    assert ntk_fn.implementation_for(x1, x2, params) == min(sizes, key=sizes.get)

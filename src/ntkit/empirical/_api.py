@@ -14,8 +14,9 @@ from .. import _checks
 from .._kernel import Get, parse_get, select
 from .._kwargs import split_kwargs
 from .._layout import KernelLayout
+from .._memory import memory_budget_bytes
 from .._tiling import Tiles
-from ._cost import choose_implementation
+from ._cost import rank_implementations
 from ._jacobian import jacobian_kernel
 from ._model import Model, output_shape
 from ._ntvp import ntk_vp, ntvp_kernel
@@ -77,6 +78,16 @@ def _block(get, implementation, model, layout, static_kwargs, x1, x2, params, dy
 _jit_block = jax.jit(_block, static_argnums=(0, 1, 2, 3, 4))
 
 
+def _compiled_bytes(gets: tuple[str, ...], implementation: str, model: Model, layout: KernelLayout, static: Any,
+                    x1: Any, x2: Any, params: Any, dynamic: Any) -> float:
+    """Bytes XLA allocates to run the block with `implementation` (0 where the backend does not say)."""
+    compiled = _jit_block.lower(gets, implementation, model, layout, static, x1, x2, params, dynamic).compile()
+    analysis = compiled.memory_analysis()
+    if analysis is None:  # pragma: no cover - backends without the analysis
+        return 0.0
+    return float(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
+
+
 def _check_examples_independent(model: Model, x: Any, params: Any, kwargs: dict[str, Any]) -> None:
     """Raises if `f`'s output on an example depends on the other examples of its batch (batch statistics, masks
     drawn per batch): tiles would then give another kernel than the whole batch. Two examples, three forward passes;
@@ -108,22 +119,47 @@ class _Engine:
         # the cost model's choice per input shapes; a pure function of static shapes, so safe under `jit`
         self._auto_cache: dict[Any, str] = {}
 
-    def resolve(self, layout: KernelLayout, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> str:
-        """The implementation that runs: `"auto"` resolved by the cost model, and `"structured"` replaced by
-        `"jacobian"` (with a debug log) when the model has no structure to exploit."""
+    def resolve(self, layout: KernelLayout, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any],
+                gets: tuple[str, ...] = ("ntk",)) -> str:
+        """The implementation that runs on blocks `(x1, x2)`: `"auto"` resolved by the cost model and checked
+        against what XLA allocates, and `"structured"` replaced by `"jacobian"` (with a debug log) when the model
+        has no structure to exploit."""
         key = (self.implementation, layout, x1.shape, None if x2 is None else x2.shape, str(x1.dtype),
                tuple(jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(params)),
                tuple(sorted(kwargs)))
         if key not in self._auto_cache:
-            choice: str = self.implementation
-            if choice == "auto":
-                choice = choose_implementation(self.model, layout, x1, x2, params, kwargs)
-            if choice == "structured" and not structured_supported(self.model, x1, x2, params, kwargs):
-                logger.debug("structured derivatives do not apply to this model (a parameter is returned by f "
-                             "unchanged, or f's traced program differs between x1 and x2): using 'jacobian'.")
-                choice = "jacobian"
-            self._auto_cache[key] = choice
+            if self.implementation != "auto":
+                self._auto_cache[key] = self._supported(self.implementation, x1, x2, params, kwargs)
+            else:
+                self._auto_cache[key] = self._choose(layout, x1, x2, params, kwargs, gets)
         return self._auto_cache[key]
+
+    def _supported(self, choice: str, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> str:
+        if choice == "structured" and not structured_supported(self.model, x1, x2, params, kwargs):
+            logger.debug("structured derivatives do not apply to this model (a parameter is returned by f "
+                         "unchanged, or f's traced program differs between x1 and x2): using 'jacobian'.")
+            return "jacobian"
+        return choice
+
+    def _choose(self, layout: KernelLayout, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any],
+                gets: tuple[str, ...]) -> str:
+        """The cost model's ranking, best first; the first whose compiled program (what XLA really allocates:
+        arguments, outputs and temporaries) fits in the memory budget wins, else the least hungry. Compiling here
+        costs nothing extra: the call that follows reuses the compiled program."""
+        budget = memory_budget_bytes()
+        ranked = list(dict.fromkeys(self._supported(c, x1, x2, params, kwargs) for c in
+                                    rank_implementations(self.model, layout, x1, x2, params, kwargs, budget)))
+        if not all(_checks.is_concrete(leaf) for leaf in jax.tree_util.tree_leaves((x1, x2, params, kwargs))):
+            return ranked[0]  # traced: compiled with the caller's program, no separate executable to measure
+        dynamic, static = split_kwargs(kwargs)
+        needs = {}
+        for choice in ranked:
+            needs[choice] = _compiled_bytes(gets, choice, self.model, layout, static, x1, x2, params, dynamic)
+            if needs[choice] <= budget:
+                return choice
+            logger.debug("auto: %s would allocate %.3g GB, over the budget of %.3g GB", choice, needs[choice] / 1e9,
+                         budget / 1e9)
+        return min(needs, key=lambda c: needs[c])
 
     def prepare(self, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, KernelLayout]:
         x1 = _checks.check_array(x1, "x1", min_ndim=1, nonempty=True)
@@ -151,14 +187,16 @@ class _Engine:
         gets, single = parse_get(get, allow_none=True)  # None: both, as in neural-tangents
         x1, x2, layout = self.prepare(x1, x2, params, kwargs)
         batch_size = _checks.check_batch_size(batch_size) or self.batch_size
-        implementation = self.resolve(layout, x1, x2, params, kwargs) if "ntk" in gets else "jacobian"
+        tiles = Tiles.build(x1.shape[0], None if x2 is None else x2.shape[0], batch_size, layout.batch_diagonal)
+        # chosen for the blocks that run (the first tile's shapes), compiled as they will run
+        first = tiles.inputs(x1, x2, *tiles.pairs()[0])
+        implementation = self.resolve(layout, *first, params, kwargs, gets) if "ntk" in gets else "jacobian"
         dynamic, static = split_kwargs(kwargs)
         model = self.model
 
         def block(a: Any, b: Any) -> tuple[jax.Array, ...]:
             return _jit_block(gets, implementation, model, layout, static, a, b, params, dynamic)
 
-        tiles = Tiles.build(x1.shape[0], None if x2 is None else x2.shape[0], batch_size, layout.batch_diagonal)
         if not tiles.single and not model.per_example:
             _check_examples_independent(model, x1, params, kwargs)
         if tiles.single:

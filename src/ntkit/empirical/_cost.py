@@ -17,13 +17,13 @@ FLOPs are not seconds: the per-example backward passes of the Jacobian method (o
 example and output, under `vmap`) run far below the throughput of the large contractions the structured method
 does instead. `benchmarks/empirical_ntk.py` measures that gap on its convolutional case; the model charges the Jacobian
 and NTK-vector-product passes `PASS_PENALTY = 4` times their FLOPs.
-The cheapest method whose memory fits in half of the machine's memory wins; if none fits, the least memory.
+The cheapest method whose estimated memory fits in the process's budget (`ntkit._memory`: half of what physical
+memory, the cgroup and `RLIMIT_AS` leave) is tried first; the caller then checks what XLA will really allocate.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import opt_einsum
@@ -34,13 +34,6 @@ from ._structured import conv_spec, dot_spec, example_shape, make_plan, model_pr
 
 # Throughput gap between per-example backward passes and large contractions (see the module docstring).
 PASS_PENALTY = 4.0
-
-
-def _memory_limit_bytes() -> float:
-    try:
-        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 4e9
 
 
 def forward_flops(prog) -> float:
@@ -115,10 +108,10 @@ def estimate_costs(model: Model, layout: KernelLayout, x1, x2, params, kwargs=No
     return costs
 
 
-def choose_implementation(model: Model, layout: KernelLayout, x1, x2, params, kwargs) -> str:
+def rank_implementations(model: Model, layout: KernelLayout, x1, x2, params, kwargs,
+                         budget: float) -> list[str]:
+    """Implementations best first: those whose estimated memory fits in `budget` bytes by estimated FLOPs, then
+    the others by estimated memory."""
     costs = estimate_costs(model, layout, x1, x2, params, kwargs)
-    limit = _memory_limit_bytes()
-    fitting = {k: v for k, v in costs.items() if v[1] <= limit}
-    if fitting:
-        return min(fitting, key=lambda k: fitting[k][0])
-    return min(costs, key=lambda k: costs[k][1])
+    fitting = sorted((k for k in costs if costs[k][1] <= budget), key=lambda k: costs[k][0])
+    return fitting + sorted((k for k in costs if k not in fitting), key=lambda k: costs[k][1])
