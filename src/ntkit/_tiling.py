@@ -3,18 +3,19 @@
 A kernel `K(x1, x2)` with `N1 × N2` example pairs is cut into tiles of at most `size` examples per side. With
 `x2=None` (`K(x1, x1)`, symmetric) only tiles on and above the diagonal are computed and the others mirrored; for
 a batch-diagonal kernel (only `K(x_i, x_i)`) only the diagonal tiles exist. Assembly works on concrete arrays
-(one preallocated buffer) and on tracers under an outer `jax.jit` (concatenation), so tiled kernels can be jitted.
+and on tracers under an outer `jax.jit` alike (in-place updates of one buffer), so tiled kernels can be jitted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax import lax
 from tqdm.auto import tqdm
 
 
@@ -77,21 +78,51 @@ class Tiles:
             return x1[self.rows[i]], None
         return x1[self.rows[i]], (x1 if x2 is None else x2)[self.cols[j]]
 
-    def assemble(self, blocks: Mapping[tuple[int, int], Any], mirror: tuple[int, ...] | None = None) -> jax.Array:
-        """The whole kernel from its tiles; a missing tile `(i, j)` is tile `(j, i)` transposed by `mirror`."""
-        if self.batch_diagonal:
-            return jnp.concatenate([blocks[i, i] for i in range(len(self.rows))], axis=0)
-        if any(isinstance(b, jax.core.Tracer) for b in blocks.values()):  # under an outer `jit`: stay traced
-            def tile(i: int, j: int) -> Any:
-                return blocks[i, j] if (i, j) in blocks else jnp.transpose(blocks[j, i], mirror)
+    def assembly(self, mirror: tuple[int, ...] | None = None) -> Assembly:
+        """Collects this computation's tiles into the whole kernel (see `Assembly`)."""
+        return Assembly(self, mirror)
 
-            return jnp.concatenate([jnp.concatenate([tile(i, j) for j in range(len(self.cols))], axis=1)
-                                    for i in range(len(self.rows))], axis=0)
-        first = np.asarray(next(iter(blocks.values())))
-        out = np.empty((self.rows[-1].stop, self.cols[-1].stop) + first.shape[2:], dtype=first.dtype)
-        for (i, j), block in blocks.items():
-            block = np.asarray(block)
-            out[self.rows[i], self.cols[j]] = block
-            if (j, i) not in blocks:
-                out[self.cols[j], self.rows[i]] = np.transpose(block, mirror)
-        return jnp.asarray(out)
+
+class Assembly:
+    """The whole kernel, filled tile by tile as tiles arrive.
+
+    Each tile is written into one JAX buffer in place (`dynamic_update_slice` on a donated buffer) and, for a
+    symmetric kernel, mirrored there too, so no tile is kept and nothing is copied at the end: the peak is the
+    kernel plus the tiles in flight (a host buffer converted at the end took three times the kernel). The same
+    code runs under an outer `jit`, where the tiles are tracers. A tile `(i, j)` never added is tile `(j, i)`
+    transposed by `mirror`.
+    """
+
+    def __init__(self, tiles: Tiles, mirror: tuple[int, ...] | None):
+        self.tiles = tiles
+        self.mirror = mirror
+        self._buffer: jax.Array | None = None
+
+    def add(self, i: int, j: int, block: Any) -> None:
+        tiles = self.tiles
+        if self._buffer is None:
+            lead = (tiles.rows[-1].stop,) if tiles.batch_diagonal else (tiles.rows[-1].stop, tiles.cols[-1].stop)
+            self._buffer = jnp.zeros(lead + block.shape[len(lead):], block.dtype)
+        if tiles.batch_diagonal:
+            self._buffer = _place(self._buffer, block, tiles.rows[i].start, 0, None, True)
+        else:
+            mirror = self.mirror if tiles.symmetric and i != j else None
+            self._buffer = _place(self._buffer, block, tiles.rows[i].start, tiles.cols[j].start, mirror, False)
+
+    def result(self) -> jax.Array:
+        assert self._buffer is not None, "no tile was added"
+        out, self._buffer = self._buffer, None
+        return out
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnums=(4, 5))
+def _place(buffer: jax.Array, block: jax.Array, row: Any, col: Any, mirror: tuple[int, ...] | None,
+           batch_diagonal: bool) -> jax.Array:
+    """`buffer` with `block` at `(row, col)` (and its mirror image at `(col, row)`), updated in place."""
+    if batch_diagonal:
+        return lax.dynamic_update_slice(buffer, block, (row,) + (0,) * (buffer.ndim - 1))
+    rest = (0,) * (buffer.ndim - 2)
+    buffer = lax.dynamic_update_slice(buffer, block, (row, col) + rest)
+    if mirror is not None:
+        buffer = lax.dynamic_update_slice(buffer, jnp.transpose(block, mirror), (col, row) + rest)
+    return buffer

@@ -202,12 +202,11 @@ class _Engine:
         if tiles.single:
             results = block(x1, x2)
         else:
-            blocks: list[dict[tuple[int, int], jax.Array]] = [{} for _ in gets]
+            assemblies = [tiles.assembly(layout.mirror_permutation()) for _ in gets]
             for i, j in tiles.progress():
-                for store, value in zip(blocks, block(*tiles.inputs(x1, x2, i, j)), strict=True):
-                    store[i, j] = value
-            mirror = layout.mirror_permutation()
-            results = tuple(tiles.assemble(b, mirror) for b in blocks)
+                for assembly, value in zip(assemblies, block(*tiles.inputs(x1, x2, i, j)), strict=True):
+                    assembly.add(i, j, value)
+            results = tuple(assembly.result() for assembly in assemblies)
         return select(dict(zip(gets, results, strict=True)), gets, single)
 
 

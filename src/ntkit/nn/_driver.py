@@ -20,7 +20,7 @@ import numpy as np
 from .._checks import check_array, check_batch_size
 from .._kernel import GETS, Kernel, parse_get, select
 from .._kwargs import fold_rng, split_kwargs
-from .._tiling import Tiles, interleaved_mirror
+from .._tiling import Assembly, Tiles, interleaved_mirror
 from ._state import COV_FULL, COV_NONE, CovLevel, KernelState, input_state
 
 
@@ -275,7 +275,7 @@ def _tiled(run: Callable[[Any, Any], KernelState], x1: Any, x2: Any, batch_size:
     n2 = n1 if x2 is None else x2.shape[0]
     tiles = Tiles.build(n1, None if x2 is None else n2, batch_size)
     fields = GETS if gets is None else gets
-    blocks: dict[str, dict[tuple[int, int], Any]] = {g: {} for g in fields}
+    assemblies: dict[str, Assembly] = {}
     covs1: dict[int, Any] = {}
     covs2: dict[int, Any] = {}
     for i, j in tiles.progress():
@@ -284,12 +284,13 @@ def _tiled(run: Callable[[Any, Any], KernelState], x1: Any, x2: Any, batch_size:
             raise ValueError("tiling expects full spatial covariances at the output.")
         for g in fields:
             if getattr(state, g) is not None:
-                blocks[g][i, j] = getattr(state, g)
+                if g not in assemblies:
+                    assemblies[g] = tiles.assembly(interleaved_mirror(state.nngp.ndim))
+                assemblies[g].add(i, j, getattr(state, g))
         covs1.setdefault(i, state.cov1)
         if x2 is not None:
             covs2.setdefault(j, state.cov2)
-    mirror = interleaved_mirror(state.nngp.ndim)
-    kernels = {g: tiles.assemble(blocks[g], mirror) if blocks.get(g) else None for g in GETS}
+    kernels = {g: assemblies[g].result() if g in assemblies else None for g in GETS}
     if gets is not None:
         return Kernel(**kernels)
 
