@@ -1,6 +1,7 @@
 """Layouts, tiling, parameterizations, protocol and errors of `ntkit.nn`."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -218,15 +219,30 @@ def test_input_kernel_is_mean_over_channels(dtype):
 
 
 def test_matches_empirical_layout_for_spatial_outputs(dtype):
-    """A linear conv net's NNGP is exact at any width: compare with the empirical kernel of one wide network."""
-    net = stax.serial(stax.Conv(2048, (3, 3), padding="SAME"), stax.AvgPool((2, 2), (1, 1)))
+    """A linear conv net's kernels equal, in the empirical layout `(N1, N2, H, H', W, W')`, those of one finite
+    network whose weights have exactly their expected second moments (no Monte Carlo).
+
+    With the filter and bias stacked as `M = [W; bᵀ]`, `(q·C + 1, C')`, orthogonal rows of squared norm `C'` (what
+    `W, b ~ N(0, 1)` give on average) make the conv output's NNGP, traced over its `C'` channels, exactly
+    `σ_w²/q Σ_j Σ[i + j, i' + j] + σ_b²` (docs/theory.md §2: the cross terms vanish with `W b = 0`); its NTK is that
+    for every draw. Average pooling is linear and averages both sides alike.
+    """
+    net = stax.serial(stax.Conv(24, (3, 3), padding="SAME", W_std=1.3, b_std=0.5), stax.AvgPool((2, 2), (1, 1)))
     init_fn, apply_fn, kernel_fn = net
     x = _images(dtype, (2, 4, 4, 2))
-    _, params = init_fn(jax.random.key(0), x.shape)
-    empirical = ntkit.empirical_kernel_fn(apply_fn)(x, None, "nngp", params)
-    analytic = kernel_fn(x, None, "nngp")
-    assert analytic.shape == empirical.shape == (2, 2, 3, 3, 3, 3)
-    assert float(np.linalg.norm(empirical - analytic) / np.linalg.norm(analytic)) < 0.1
+    _, ((w, _), pool) = init_fn(jax.random.key(0), x.shape)
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((24, 3 * 3 * 2 + 1)))
+    m = math.sqrt(24) * q.T
+    params = ((jnp.asarray(m[:-1].reshape(w.shape), dtype), jnp.asarray(m[-1], dtype)), pool)
+    kernel_of = ntkit.empirical_kernel_fn(apply_fn)
+    empirical = kernel_of(x, None, ("nngp", "ntk"), params)
+    analytic = kernel_fn(x, None, ("nngp", "ntk"))
+    assert analytic.nngp.shape == empirical.nngp.shape == empirical.ntk.shape == (2, 2, 3, 3, 3, 3)
+    assert_close(empirical.nngp, analytic.nngp, dtype)
+    assert_close(empirical.ntk, analytic.ntk, dtype)
+    # A random draw is not exact: the match above is not a property of any weights.
+    _, random_params = init_fn(jax.random.key(0), x.shape)
+    assert float(np.max(np.abs(kernel_of(x, None, "nngp", random_params) - analytic.nngp))) > 1e-2
 
 
 def test_unpacks_as_stax_triple_and_kernel_state_is_pytree(dtype):

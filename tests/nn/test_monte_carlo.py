@@ -108,11 +108,47 @@ CONV_NETS = {
 }
 
 
-@pytest.mark.slow
+def check_mc_split(nets, x, n_samples, bound):
+    """`check_mc` with the NNGP and the NTK estimated apart. `nets[g]` and `n_samples[g]` are the network and the
+    number of networks for `g` in ("nngp", "ntk"); the analytic kernels do not depend on the width. The NNGP needs
+    forward passes only and affords many more networks; the NTK uses the structured implementation, the cheapest
+    for convolutions (~5x faster than "jacobian" here). Returns `(analytic, mc)`, both `Kernel`s."""
+    analytic = nets["nngp"].kernel(x, None, ("nngp", "ntk"))
+    mc = {}
+    for g in ("nngp", "ntk"):
+        init_fn, apply_fn, _ = nets[g]
+        mc[g] = ntkit.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.key(42), n_samples[g],
+                                           implementation="structured" if g == "ntk" else "auto")(x, None, g)
+        a = getattr(analytic, g)
+        assert a.shape == mc[g].shape and a.dtype == x.dtype, (g, a.shape, mc[g].shape, a.dtype)
+        err = _rel(mc[g], a)
+        assert err < bound, f"{g}: relative error {err:.3f} >= {bound}"
+    return analytic, ntkit.Kernel(**mc)
+
+
+def _conv_no_readout(width):
+    return stax.serial(stax.Conv(width, (3, 3), padding="SAME"), stax.Relu(), stax.Conv(width, (3, 3), padding="SAME"))
+
+
 def test_conv_spatial_output_vs_monte_carlo(dtype):
-    """No readout: the full `(N1, N2, H, H', W, W')` kernel, 4x4x2 images, 64 channels, 32 networks."""
-    net = stax.serial(stax.Conv(64, (3, 3), padding="SAME"), stax.Relu(), stax.Conv(64, (3, 3), padding="SAME"))
-    check_mc(net, _inputs(dtype, (2, 4, 4, 2)), N_SAMPLES, 0.1)
+    """No readout: the full `(N1, N2, H, H', W, W')` kernel of two 4x3x2 images (`H ≠ W`, so swapped spatial axes
+    cannot pass).
+
+    One nonlinearity, so each layer's input is exactly Gaussian given the layers before and the Monte Carlo mean has
+    no finite-width bias: the error is statistical alone. NNGP: 64 channels, 512 networks; NTK: 32 channels, 64
+    networks. Measured over 8 keys: 1.9% (max 2.4%) and 1.7% (max 2.4%) relative error. The pairs of distinct
+    positions carry ~70% of the NNGP's norm and ~50% of the NTK's, and a formula 15% off on them alone is ~11% and
+    ~8% away from these estimates: the bound 0.05 rejects it.
+    """
+    x = _inputs(dtype, (2, 4, 3, 2))
+    bound = 0.05
+    analytic, mc = check_mc_split({"nngp": _conv_no_readout(64), "ntk": _conv_no_readout(32)}, x,
+                                  {"nngp": 512, "ntk": 64}, bound)
+    assert analytic.nngp.shape == (2, 2, 4, 4, 3, 3)
+    same_position = np.einsum("hH,wW->hHwW", np.eye(4), np.eye(3))
+    for g in ("nngp", "ntk"):
+        wrong = getattr(analytic, g) * (same_position + 0.85 * (1 - same_position))
+        assert _rel(getattr(mc, g), wrong) > bound, g
 
 
 @pytest.mark.parametrize("name", sorted(CONV_NETS))
@@ -121,14 +157,26 @@ def test_conv_vs_monte_carlo(name, dtype):
     check_mc(CONV_NETS[name](64), _inputs(dtype, (3, 6, 5, 3)), N_SAMPLES, 0.1)
 
 
-@pytest.mark.parametrize("dims", [1, pytest.param(3, marks=pytest.mark.slow)])
+def _conv_gap(dims, width, padding="CIRCULAR"):
+    return stax.serial(stax.Conv(width, (3,) * dims, padding="SAME", b_std=0.1), stax.Relu(),
+                       stax.Conv(width, (2,) * dims, padding=padding), stax.Relu(), stax.GlobalAvgPool(),
+                       stax.Dense(width))
+
+
+@pytest.mark.parametrize("dims", [1, 3])
 def test_conv_1d_3d_vs_monte_carlo(dims, dtype):
-    """1-D (7x2 inputs) and 3-D (3x3x2x2) convolutions, 64 channels, 32 networks."""
-    shape = (3, 7, 2) if dims == 1 else (2, 3, 3, 2, 2)
-    net = stax.serial(stax.Conv(64, (3,) * dims, padding="SAME", b_std=0.1), stax.Relu(),
-                      stax.Conv(64, (2,) * dims, padding="CIRCULAR"), stax.Relu(), stax.GlobalAvgPool(),
-                      stax.Dense(64))
-    check_mc(net, _inputs(dtype, shape), N_SAMPLES, 0.1)
+    """1-D (5x2 inputs) and 3-D (3x2x2x2) convolutions, 64 channels, 64 networks (structured NTK, the cheapest here).
+
+    Measured over 8 keys, the relative error is 2.7% (max 5.9%) for the NNGP and 2.7% (max 4.9%) for the NTK in 1-D,
+    2.8% (max 5.1%) and 2.4% (max 4.2%) in 3-D, finite-width bias included (two nonlinearities). The kernel with the
+    circular convolution zero-padded instead (a boundary bug) differs by 18% (1-D) and 61% (3-D), and the same bound
+    rejects it.
+    """
+    x = _inputs(dtype, (3, 5, 2) if dims == 1 else (2, 3, 2, 2, 2))
+    bound = 0.1
+    _, mc = check_mc(_conv_gap(dims, 64), x, 64, bound, implementation="structured")
+    wrong = _conv_gap(dims, 64, padding="SAME").kernel(x, None, ("nngp", "ntk"))
+    assert _rel(mc.nngp, wrong.nngp) > bound and _rel(mc.ntk, wrong.ntk) > bound
 
 
 def test_residual_fan_in_sum_vs_monte_carlo(dtype):
