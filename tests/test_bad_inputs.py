@@ -69,6 +69,10 @@ ERRORS = [
     ("empirical f not callable", lambda: ntkit.empirical_ntk_fn(3), TypeError, "`f` must be callable"),
     ("empirical output not batch first", lambda: ntkit.empirical_ntk_fn(lambda p, x: (x @ p["w"]).T)(X, None, P),
      ValueError, "batch axis first"),
+    # (outputs, batch) with one output: the first example alone looks batch-first; the whole batch does not
+    ("empirical output (1, N) for N inputs", lambda: ntkit.empirical_ntk_fn(lambda p, x: (x @ p["w"][:, :1]).T,
+                                                                             implementation="jacobian")(X, None, P),
+     ValueError, "batch axis first"),
     ("empirical output a tuple", lambda: ntkit.empirical_ntk_fn(lambda p, x: (x @ p["w"], x))(X, None, P),
      TypeError, "single array"),
     ("empirical get unknown", lambda: ntkit.empirical_kernel_fn(F)(X, None, "cov", P), ValueError, "`get`"),
