@@ -19,13 +19,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/ntkit demo
 
-# The suite runs twice: float32 (JAX_ENABLE_X64=0) and float64 (JAX_ENABLE_X64=1); so do the examples of the
-# docstrings and of docs/*.md (doctests). Then the documentation is built, warnings as errors, into a temporary folder.
+# The suite runs twice: float32 (JAX_ENABLE_X64=0) and float64 (JAX_ENABLE_X64=1); so do the docstrings' examples
+# (doctests); the pages' examples in docs/*.md run in float32. Then the documentation is built, warnings as errors,
+# into a temporary folder.
 test: $(STAMP)
 	JAX_ENABLE_X64=0 $(PYTEST) -m "not slow"
 	JAX_ENABLE_X64=1 $(PYTEST) -m "not slow"
 	JAX_ENABLE_X64=0 $(DOCTEST)
-	JAX_ENABLE_X64=1 $(DOCTEST)
+	JAX_ENABLE_X64=1 $(PYTEST) --doctest-modules src/ntkit
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && $(MKDOCS) build --strict --site-dir "$$tmp"
 
 test-slow: $(STAMP)
