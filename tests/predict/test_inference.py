@@ -202,3 +202,60 @@ def test_inference_errors(dtype):
         predict_fn(1.0, jnp.ones((2, 3), dtype))
     with pytest.raises(ValueError, match="get"):
         predict_fn(1.0, None, "ntkgp")
+
+
+def test_ensemble_with_a_repeated_input_keeps_its_null_direction(dtype):
+    """Inputs #2 and #5 the same point (the NTK and NNGP singular, null vector `(e₂ − e₅)/√2` exactly): at t = 1e10
+    the mean and covariance are those of the reduced problem on the kernel's range, in float64 (the null direction
+    is not trained; A_t(x) uses Θ⁺). The null eigenvalue, computed as ±eps·λ_max, was taken for a real one: means 10
+    to 100 times too large in float32."""
+    x, xt, y = _data(seed=5)
+    x[5] = x[2]
+    lr, t = 1.0, 1e10
+    nngp_dd, ntk_dd = relu_kernels(x, x)
+    nngp_td, ntk_td = relu_kernels(xt, x)
+    nngp_tt, _ = relu_kernels(xt, xt)
+    null = np.zeros(len(y))
+    null[2], null[5] = 1 / np.sqrt(2), -1 / np.sqrt(2)
+    q = scipy.linalg.null_space(null[None])
+    k_r = q.T @ ntk_dd @ q
+    a = ntk_td @ q @ np.linalg.solve(k_r, (np.eye(len(k_r)) - scipy.linalg.expm(-lr * t / y.size * k_r)) @ q.T)
+    terms = [nngp_tt, a @ nngp_dd @ a.T, a @ nngp_td.T]
+    predict_fn = gradient_descent_mse_ensemble(make_kernel_fn(dtype), jnp.asarray(x, dtype), jnp.asarray(y, dtype),
+                                               learning_rate=lr)
+    out = predict_fn(t, jnp.asarray(xt, dtype), "ntk", compute_cov=True)
+    rtol = cond_rtol(dtype, np.linalg.cond(k_r))
+    assert_normwise_close(out.mean, a @ y, rtol)
+    assert_normwise_close(out.covariance, terms[0] + terms[1] - terms[2] - terms[2].T, rtol,
+                          scale=max(np.linalg.norm(m) for m in terms))
+    on_train = predict_fn(t, None, "ntk")  # the pair stays equal, at the mean of its targets
+    assert_normwise_close(on_train[2], (y[2] + y[5]) / 2, rtol, scale=np.linalg.norm(y))
+    assert_normwise_close(on_train[5], (y[2] + y[5]) / 2, rtol, scale=np.linalg.norm(y))
+    with pytest.raises(ValueError, match="singular"):
+        predict_fn(None, jnp.asarray(xt, dtype), "ntk")
+
+
+def test_indefinite_kernels_are_reported(dtype):
+    """An eigenvalue of −0.3 λ_max: the ensemble warns (or raises) naming the kernel; every posterior of
+    `gp_inference` inverts it, so it raises, giving the eigenvalue (it used to call it "singular"), unless a ridge
+    makes it definite, where it matches the float64 posterior."""
+    rng = np.random.default_rng(10)
+    vecs, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    k_dd = (vecs * np.array([-0.6, 0.4, 0.8, 1.2, 1.6, 2.0])) @ vecs.T
+    k_td, y = rng.normal(size=(3, 6)), rng.normal(size=(6, 1))
+    kd, ys = jnp.asarray(k_dd, dtype), jnp.asarray(y, dtype)
+    with pytest.raises(ValueError, match=r"`k_train_train` is not positive semi-definite.*-0\.6.*-0\.3 times"):
+        gp_inference(kd, ys)("nngp", jnp.asarray(k_td, dtype))
+    ok = gp_inference(kd, ys, diag_reg=0.8, diag_reg_absolute_scale=True)("nngp", jnp.asarray(k_td, dtype))
+    assert_normwise_close(ok, k_td @ np.linalg.solve(k_dd + 0.8 * np.eye(6), y), cond_rtol(dtype, 14))
+
+    def kernel_fn(x1, x2, get):
+        return ntkit.Kernel(nngp=kd if x2 is None else jnp.asarray(k_td, dtype),
+                            ntk=kd if x2 is None else jnp.asarray(k_td, dtype))
+
+    xs = jnp.zeros((6, 1), dtype)
+    with pytest.warns(UserWarning, match=r"`kernel_fn\(x_train, None\)\.ntk` has 1 negative eigenvalue"):
+        gradient_descent_mse_ensemble(kernel_fn, xs, ys)(1.0, jnp.zeros((3, 1), dtype), "ntk")
+    strict = gradient_descent_mse_ensemble(kernel_fn, xs, ys, negative_eigenvalues="raise")
+    with pytest.raises(ValueError, match=r"`kernel_fn\(x_train, None\)\.ntk` has 1 negative eigenvalue"):
+        strict(1.0, jnp.zeros((3, 1), dtype), "ntk")

@@ -178,3 +178,85 @@ def test_clear_errors(dtype):
         predict_fn(-1.0, f0)
     with pytest.raises(ValueError, match="`t`"):
         predict_fn(jnp.asarray([1.0, jnp.nan], dtype), f0)
+
+
+def _repeated_input_problem(seed=8):
+    """An RBF-plus-linear kernel of 8 inputs of which #2 and #5 are the same point, with targets 1 and 0 there: a
+    singular kernel whose null vector is exactly `(e₂ − e₅)/√2` (equal rows), and `Θ(x, X)` has equal columns 2, 5."""
+    rng = np.random.default_rng(seed)
+    x, xt = rng.normal(size=(8, 4)), rng.normal(size=(5, 4))
+    x[5] = x[2]
+
+    def kernel(a, b):
+        sq = np.sum(a**2, 1)[:, None] + np.sum(b**2, 1)[None, :] - 2 * a @ b.T
+        return np.exp(-np.maximum(sq, 0) / 2) + a @ b.T / a.shape[1]
+
+    y = rng.normal(size=(8, 1))
+    y[2], y[5] = 1.0, 0.0
+    return kernel(x, x), kernel(xt, x), y
+
+
+def _null_space_reference(k_dd, k_td, y, tau):
+    """Gradient flow from f₀ = 0 in float64 with the exact null space `(e₂ − e₅)/√2` taken out: on the 7-dimensional
+    range `Q` the kernel `QᵀΘQ` is invertible; along the null direction the outputs stay at 0 (docs/theory.md §3)."""
+    null = np.zeros(len(y))
+    null[2], null[5] = 1 / np.sqrt(2), -1 / np.sqrt(2)
+    q = scipy.linalg.null_space(null[None])
+    k_r = q.T @ k_dd @ q
+    fit = np.eye(len(k_r)) - scipy.linalg.expm(-tau * k_r)
+    return q @ fit @ q.T @ y, k_td @ q @ np.linalg.solve(k_r, fit @ q.T @ y), np.linalg.cond(k_r)
+
+
+def test_repeated_input_keeps_its_null_direction_at_any_time(dtype):
+    """Two copies of one input with targets 1 and 0, from f₀ = 0: both predictions stay equal (they tend to 0.5), and
+    test outputs are those of the reduced, invertible problem. The null eigenvalue is computed as ±eps·λ_max; treated
+    as a real eigenvalue it made the pair differ by 1.0 at t = 1e10 in float32 (the noise direction was fit), or
+    multiplied the rounding noise of Θ(x, X) v by τ in the test outputs (92× their size in float32, 2e-7 in float64)."""
+    k_dd, k_td, y = _repeated_input_problem()
+    ts = np.array([10.0, 1e4, 1e10])
+    train, test = gradient_descent_mse(*_cast(dtype, k_dd, y))(jnp.asarray(ts, dtype), 0.0, None,
+                                                               jnp.asarray(k_td, dtype))
+    for i, t in enumerate(ts):
+        ref_train, ref_test, cond = _null_space_reference(k_dd, k_td, y, t / y.size)
+        rtol = cond_rtol(dtype, cond)
+        assert_normwise_close(train[i], ref_train, rtol, scale=np.linalg.norm(y), err_msg=f"train at t={t}")
+        assert_normwise_close(test[i], ref_test, rtol, err_msg=f"test at t={t}")
+        assert abs(float(train[i, 2, 0]) - float(train[i, 5, 0])) <= rtol * np.linalg.norm(y), f"t={t}"
+    assert abs(float(train[-1, 2, 0]) - 0.5) <= cond_rtol(dtype, 100)  # the mean of the two targets
+
+
+def _indefinite(seed=9, n=6, ratio=-0.3):
+    """A symmetric matrix with eigenvalues ratio·λ_max, then positive ones up to λ_max = 2, its eigenvectors, and a
+    test-train block."""
+    rng = np.random.default_rng(seed)
+    vecs, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    evals = np.concatenate([[2.0 * ratio], np.linspace(0.4, 2.0, n - 1)])
+    return (vecs * evals) @ vecs.T, vecs, evals, rng.normal(size=(3, n)), rng.normal(size=(n, 2))
+
+
+def test_negative_eigenvalue_warns_raises_or_clips(dtype):
+    """An eigenvalue of −0.3 λ_max is not rounding: a warning (or an error) says so; the predictions are those of the
+    kernel with it clipped to 0, in float64: its direction is a null one (train outputs stay, test outputs get 0)."""
+    k_dd, vecs, evals, k_td, y = _indefinite()
+    t = 7.0
+    tau = t / y.size
+    clipped = np.maximum(evals, 0)
+    decay = (vecs * np.exp(-tau * clipped)) @ vecs.T
+    inv = np.divide(1 - np.exp(-tau * clipped), clipped, out=np.zeros_like(clipped), where=clipped > 0)
+    ref_train, ref_test = y - decay @ y, k_td @ (vecs * inv) @ vecs.T @ y
+    rtol = cond_rtol(dtype, 5.0)  # 2 / 0.4 on the range
+    with pytest.warns(UserWarning, match=r"`k_train_train` has 1 negative eigenvalue.*-0\.6.*-0\.3 times"):
+        train, test = gradient_descent_mse(*_cast(dtype, k_dd, y))(t, 0.0, None, jnp.asarray(k_td, dtype))
+    assert_normwise_close(train, ref_train, rtol)
+    assert_normwise_close(test, ref_test, rtol)
+    quiet = gradient_descent_mse(*_cast(dtype, k_dd, y), negative_eigenvalues="clip")  # no warning (they are errors)
+    assert_normwise_close(quiet(t, 0.0, None, jnp.asarray(k_td, dtype))[1], ref_test, rtol)
+    strict = gradient_descent_mse(*_cast(dtype, k_dd, y), negative_eigenvalues="raise")
+    with pytest.raises(ValueError, match=r"`k_train_train` has 1 negative eigenvalue.*-0\.3 times"):
+        strict(t)
+    with pytest.raises(ValueError, match=r"`k_train_train` is not positive semi-definite.*-0\.3 times"):
+        strict(None, 0.0, None, jnp.asarray(k_td, dtype))
+    # A ridge above 0.6 makes it definite: nothing to say, and the exact ridge dynamics.
+    ridge = gradient_descent_mse(*_cast(dtype, k_dd, y), diag_reg=0.7, diag_reg_absolute_scale=True,
+                                 negative_eigenvalues="raise")(t)
+    assert_normwise_close(ridge, y - scipy.linalg.expm(-tau * (k_dd + 0.7 * np.eye(6))) @ y, cond_rtol(dtype, 27))

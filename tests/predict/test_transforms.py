@@ -166,11 +166,12 @@ def test_ode_jit_over_t_and_kernel_equals_eager(dtype, momentum):
     k_dd, k_td, y, f0, g0 = _problem(dtype, seed=3)
     lr = 0.9
     ts = jnp.asarray([[3.0, 0.0], [3.0, 12.0]], dtype)  # unsorted, repeated, and t = 0
-    predict_fn = gradient_descent(_mse, k_dd, y, lr, momentum=momentum)
+    predict_fn = gradient_descent(_mse, k_dd, y, lr, momentum=momentum, method="ode")
     eager = predict_fn(ts, f0, g0, k_td)
     with jax.checking_leaks():
         by_t = jax.jit(lambda t: predict_fn(t, f0, g0, k_td))(ts)
-        by_k = jax.jit(lambda k, kt: gradient_descent(_mse, k, y, lr, momentum=momentum)(ts, f0, g0, kt))(k_dd, k_td)
+        by_k = jax.jit(lambda k, kt: gradient_descent(_mse, k, y, lr, momentum=momentum, method="ode")(
+            ts, f0, g0, kt))(k_dd, k_td)
     for out in (by_t, by_k):
         for a, b in zip(out, eager, strict=True):
             assert_close(a, b, dtype)
@@ -186,7 +187,7 @@ def test_ode_time_derivative_is_the_right_hand_side(dtype, momentum):
     k_dd, _, y, f0, _ = _problem(dtype, seed=4)
     lr = 0.9
     ts = jnp.asarray([4.0, 0.0, 4.0, 10.0], dtype)
-    predict_fn = gradient_descent(_mse, k_dd, y, lr, momentum=momentum)
+    predict_fn = gradient_descent(_mse, k_dd, y, lr, momentum=momentum, method="ode")
     out, vjp = jax.vjp(lambda t: predict_fn(t, ODEState(f0)), ts)
     w = jnp.arange(1, ts.size + 1, dtype=dtype)
     weights = jnp.broadcast_to(w[:, None, None], out.fx_train.shape)
@@ -209,7 +210,7 @@ def test_ode_gradients_match_central_finite_differences(momentum):
     k_dd, k_td, y, f0, g0 = _problem(jnp.float64, seed=5)
 
     def loss(t, lr):
-        predict_fn = gradient_descent(_mse, k_dd, y, lr, momentum=momentum, rtol=1e-12, atol=1e-12)
+        predict_fn = gradient_descent(_mse, k_dd, y, lr, momentum=momentum, rtol=1e-12, atol=1e-12, method="ode")
         train, test = predict_fn(t, f0, g0, k_td)
         return jnp.sum((train - 0.5) ** 2) + jnp.sum(test**2)
 

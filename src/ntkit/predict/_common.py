@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
+import os
+import sys
+import warnings
 from collections.abc import Sequence
 from functools import cache
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -29,12 +33,68 @@ from .._layout import KernelLayout
 TraceAxes: TypeAlias = int | Sequence[int]
 """Output axes the kernels are traced over (contracted and averaged), counting the batch axis as 0."""
 
+NegativeEigenvalues: TypeAlias = Literal["warn", "raise", "clip"]
+"""What to do with eigenvalues of a train-train kernel below `−N·eps·λ_max` (beyond rounding): clip them to 0 with a
+`UserWarning` (`"warn"`), raise a `ValueError` (`"raise"`), or clip them silently (`"clip"`)."""
+
+_NEGATIVE_EIGENVALUES = ("warn", "raise", "clip")
+_OWN_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(jax.__file__))
+
 
 def float_dtype(x: jax.Array) -> Any:
-    """The floating dtype computations run in: `x`'s if floating, else JAX's default float."""
+    """The floating dtype computations run in: `x`'s if float32 or wider, float32 for half precision (no
+    eigendecomposition or Cholesky factorization exists in it), else JAX's default float."""
     if jnp.issubdtype(x.dtype, jnp.floating):
-        return x.dtype
+        return x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.dtype(jnp.float32)
     return jnp.zeros((), float).dtype
+
+
+def warn(message: str) -> None:
+    """A `UserWarning` attributed to the first caller outside ntkit and JAX (the user's line)."""
+    frame: Any = sys._getframe(0)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def check_negative_eigenvalues(value: Any) -> NegativeEigenvalues:
+    """The `negative_eigenvalues` option, checked."""
+    if value not in _NEGATIVE_EIGENVALUES:
+        raise ValueError(f"`negative_eigenvalues` must be one of {_NEGATIVE_EIGENVALUES}, got {value!r}.")
+    return value  # type: ignore[no-any-return]
+
+
+def rounding_level(evals: Any, dtype: Any) -> float:
+    """`N·eps·max|λ|` for the `N` eigenvalues `evals` (concrete) of a matrix stored in `dtype`: the size below which
+    an eigenvalue is rounding noise of a zero (the eigenvalues of a symmetric matrix are computed to within a few
+    `eps·‖Θ‖`, and the entries of a kernel computed in `dtype` carry `eps`-relative errors of their own)."""
+    evals = np.asarray(evals, np.float64)
+    if evals.size == 0:
+        return 0.0
+    return float(evals.size * np.finfo(dtype).eps * np.max(np.abs(evals)))
+
+
+def check_spectrum(evals: Any, dtype: Any, name: str, policy: NegativeEigenvalues) -> bool:
+    """Applies `policy` to the concrete eigenvalues `evals` of the train-train kernel `name`: whether some are
+    negative beyond rounding (`< −N·eps·max|λ|`), after raising (`"raise"`) or warning (`"warn"`) about them."""
+    evals = np.asarray(evals, np.float64)
+    tol = rounding_level(evals, dtype)
+    bad = evals < -tol
+    if not np.any(bad):
+        return False
+    scale = float(np.max(np.abs(evals)))
+    lam_min = float(evals.min())
+    message = (f"`{name}` has {int(bad.sum())} negative eigenvalue(s) of {evals.size} beyond rounding (below "
+               f"-N·eps·max|λ| = {-tol:.3g}); the smallest is {lam_min:.3g}, {lam_min / scale:.3g} times the largest "
+               "|eigenvalue|. A kernel (a covariance) is positive semi-definite: this one is not an NTK/NNGP of any "
+               "network, or was computed inaccurately.")
+    if policy == "raise":
+        raise ValueError(message + " Pass `negative_eigenvalues='clip'` (or 'warn') to clip them to 0.")
+    if policy == "warn":
+        warn(message + " They are clipped to 0 (pass `negative_eigenvalues='clip'` to do so silently, or 'raise' to "
+                       "stop).")
+    return True
 
 
 def all_concrete(*trees: Any) -> bool:
@@ -56,11 +116,20 @@ def as_scalar(value: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(value, dtype)
 
 
-def target_layout(y_shape: tuple[int, ...], trace_axes: TraceAxes) -> KernelLayout:
-    """The kernel layout of targets `(N, O_1, ..., O_d)` traced over `trace_axes`."""
+def target_layout(y_shape: tuple[int, ...], trace_axes: TraceAxes, name: str = "y_train") -> KernelLayout:
+    """The kernel layout of targets `(N, O_1, ..., O_d)` traced over `trace_axes`; `ValueError` for targets with no
+    example or no output."""
     if len(y_shape) < 1:
-        raise ValueError("`y_train` must have a batch axis first, got a scalar.")
-    return KernelLayout.build(y_shape[1:], trace_axes, (), what=f"`y_train` with shape {tuple(y_shape)}")
+        raise ValueError(f"`{name}` must have a batch axis first, got a scalar.")
+    if y_shape[0] == 0:
+        raise ValueError(f"`{name}` holds no examples (shape {tuple(y_shape)}); training needs at least one.")
+    if math.prod(y_shape[1:]) == 0:
+        raise ValueError(f"`{name}` has an output axis of size 0 (shape {tuple(y_shape)}); there is nothing to fit.")
+    if len(y_shape) == 1 and (isinstance(trace_axes, int) or len(trace_axes) > 0):
+        raise ValueError(f"`{name}` has shape {tuple(y_shape)}, with no output axis for `trace_axes` "
+                         f"{trace_axes!r} to trace over: pass targets of shape (N, 1) (`y[:, None]`) or "
+                         "`trace_axes=()`.")
+    return KernelLayout.build(y_shape[1:], trace_axes, (), what=f"`{name}` with shape {tuple(y_shape)}")
 
 
 def check_kernel(layout: KernelLayout, k: Any, n1: int, n2: int, name: str, dtype: Any) -> jax.Array:
@@ -119,11 +188,11 @@ def regularize(k: jax.Array, diag_reg: Any, absolute: bool) -> jax.Array:
     return k + scale * jnp.eye(k.shape[0], dtype=k.dtype)
 
 
-def _singular_error(name: str) -> ValueError:
+def _singular_error(name: str, detail: str = "") -> ValueError:
     return ValueError(
-        f"`{name}` is singular (numerically, at this dtype), so infinite-time / posterior predictions that need its "
-        "inverse are undefined. Pass a positive `diag_reg` (a ridge, relative to the mean diagonal), or use finite "
-        "times `t`."
+        f"`{name}` is singular (numerically, at this dtype){detail}, so infinite-time / posterior predictions that "
+        "need its inverse are undefined. Pass a positive `diag_reg` (a ridge, relative to the mean diagonal), or use "
+        "finite times `t`."
     )
 
 
@@ -133,12 +202,19 @@ class Factorizations:
     A factorization of a concrete matrix is computed under `jax.ensure_compile_time_eval()` and kept, so every later
     call, traced by `jit` or not, reuses it (as a constant of the trace) instead of redoing it. A traced matrix (the
     kernel is a `jit` argument, or differentiated) is factorized afresh at every call and never kept: no tracer
-    outlives its trace. The singularity checks need values, so they run on a concrete matrix only.
+    outlives its trace. The checks that need values (singularity, negative eigenvalues) run on a concrete matrix only.
+
+    Eigenvalues within rounding of zero, `|λ| ≤ N·eps·max|λ|`, are set to exactly 0 (they are rounding noise of a
+    zero: the kernel is singular along their eigenvectors), and so are negative ones, after `negative_eigenvalues`
+    decided what to say about those beyond rounding.
     """
 
-    def __init__(self, k: jax.Array, name: str) -> None:
+    def __init__(self, k: jax.Array, name: str, negative_eigenvalues: NegativeEigenvalues = "warn") -> None:
         self.k = k
         self.name = name
+        self.negative_eigenvalues = negative_eigenvalues
+        self.clipped = False
+        """Whether negative eigenvalues beyond rounding were clipped (known once `eigh` ran on a concrete matrix)."""
         self._eigh: tuple[jax.Array, jax.Array] | None = None
         self._cho: jax.Array | None = None
 
@@ -149,12 +225,17 @@ class Factorizations:
 
     @property
     def eigh(self) -> tuple[jax.Array, jax.Array]:
-        """`(λ, V)` with negative eigenvalues (rounding) clipped to 0."""
+        """`(λ, V)`, with `λ` set to 0 where `λ ≤ N·eps·max|λ|` (rounding noise of a zero, or negative)."""
         if self._eigh is not None:
             return self._eigh
         with concrete_eval(self.k):
             evals, evecs = jnp.linalg.eigh(self.k)
-            out = (jnp.maximum(evals, 0), evecs)
+        if self.concrete:
+            self.clipped = check_spectrum(evals, evals.dtype, self.name, self.negative_eigenvalues)
+        with concrete_eval(self.k):
+            eps = jnp.asarray(jnp.finfo(evals.dtype).eps, evals.dtype)
+            tol = evals.shape[0] * eps * jnp.max(jnp.abs(evals))
+            out = (jnp.where(evals > tol, evals, jnp.zeros_like(evals)), evecs)
         if self.concrete:
             self._eigh = out
         return out
@@ -164,25 +245,41 @@ class Factorizations:
         if not self.concrete:
             return
         evals = np.asarray(self.eigh[0])
-        n = evals.shape[0]
-        if n and evals.min() <= n * np.finfo(evals.dtype).eps * max(evals.max(), np.finfo(evals.dtype).tiny):
-            raise _singular_error(self.name)
+        if evals.size and evals.min() <= 0:
+            raise _singular_error(self.name, " (negative eigenvalues clipped to 0)" if self.clipped else "")
 
     @property
     def cho(self) -> jax.Array:
-        """Lower Cholesky factor; `ValueError` if the (concrete) matrix is numerically singular."""
+        """Lower Cholesky factor; `ValueError` if the (concrete) matrix is numerically singular or indefinite."""
         if self._cho is not None:
             return self._cho
         with concrete_eval(self.k):
             chol = jnp.linalg.cholesky(self.k)
         if self.concrete:
-            diag = np.diagonal(np.asarray(chol))
+            diag = np.abs(np.diagonal(np.asarray(chol, np.float64)))
             n = diag.shape[0]
-            if n and (not np.all(np.isfinite(diag))
-                      or diag.min() ** 2 <= n * np.finfo(diag.dtype).eps * diag.max() ** 2):
-                raise _singular_error(self.name)
+            # A pivot d_i² bounds λ_min from above: (d_min/d_max)² ≤ N·eps flags a matrix singular to rounding (as a
+            # ratio, so that no square underflows for kernels of tiny scale).
+            if n and (not np.all(np.isfinite(diag)) or not diag.min() > np.sqrt(n * np.finfo(chol.dtype).eps)
+                      * diag.max()):
+                self._diagnose()
             self._cho = chol
         return chol
+
+    def _diagnose(self) -> None:
+        """Raises the error that fits a (concrete) matrix whose Cholesky factorization failed: negative eigenvalues
+        beyond rounding (an indefinite kernel), else singular."""
+        evals = np.linalg.eigvalsh(np.asarray(self.k, np.float64))
+        tol = rounding_level(evals, self.k.dtype)
+        if evals.size and evals.min() < -tol:
+            scale = float(np.max(np.abs(evals)))
+            raise ValueError(
+                f"`{self.name}` is not positive semi-definite: its smallest eigenvalue is {evals.min():.3g}, "
+                f"{evals.min() / scale:.3g} times the largest |eigenvalue| (beyond rounding, -N·eps·max|λ| = "
+                f"{-tol:.3g}), so infinite-time / posterior predictions, which invert it, are undefined. A kernel "
+                "(a covariance) is positive semi-definite: check how it was computed, or pass a `diag_reg` larger "
+                "than the negative eigenvalues.")
+        raise _singular_error(self.name)
 
     def solve(self, b: jax.Array) -> jax.Array:
         """`K⁻¹ b` by the Cholesky factor."""
@@ -211,16 +308,21 @@ def times(t: ArrayLike, dtype: Any, name: str = "t", finite: bool = False) -> tu
 
 
 def decay_factors(evals: jax.Array, tau: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """For every time `τ` (any shape) and eigenvalue `λ`: `e^{−τλ} − 1` and `(1 − e^{−τλ})/λ` (→ `τ` at `λ = 0`).
+    """For every time `τ` (any shape) and eigenvalue `λ`: `e^{−τλ} − 1` and `(1 − e^{−τλ})/λ` for `λ > 0`, both 0 at
+    `λ = 0`.
 
-    Written with `jnp.where` on safe operands, so derivatives in `τ` and `λ` stay finite.
+    At `λ = 0` (a null direction of the kernel, or an eigenvalue within rounding of zero that `Factorizations.eigh`
+    set to 0) the second factor is that of the pseudo-inverse, `Θ⁺ (I − e^{−τΘ}) = 0`, not the limit `τ` of
+    `(1 − e^{−τλ})/λ`: both give the same predictions when the joint kernel over train and test points is positive
+    semi-definite (then `Θ(x, X) v = 0` for `Θ v = 0`), and `0` does not multiply the rounding noise of `Θ(x, X) v`
+    by `τ`. Written with `jnp.where` on safe operands, so derivatives in `τ` and `λ` stay finite.
     """
     tau = tau[..., None]
     pos = evals > 0
     x = jnp.where(pos, tau * evals, jnp.zeros_like(tau * evals))
     expm1 = jnp.expm1(-x)
     safe = jnp.where(pos, evals, jnp.ones_like(evals))
-    inv = jnp.where(pos, -expm1 / safe, jnp.broadcast_to(tau, expm1.shape))
+    inv = jnp.where(pos, -expm1 / safe, jnp.zeros_like(expm1))
     return expm1, inv
 
 

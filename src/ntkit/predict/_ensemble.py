@@ -14,10 +14,12 @@ from .._kernel import Get, parse_get
 from .._layout import KernelLayout
 from ._common import (
     Factorizations,
+    NegativeEigenvalues,
     TraceAxes,
     all_concrete,
     as_scalar,
     check_kernel,
+    check_negative_eigenvalues,
     check_symmetric,
     concrete_eval,
     decay_factors,
@@ -52,7 +54,7 @@ class EnsemblePredictor:
 
     def __init__(self, kernel_fn: Callable[..., Any], x_train: jax.Array, y_train: jax.Array, layout: KernelLayout,
                  learning_rate: Any, diag_reg: Any, diag_reg_absolute_scale: bool,
-                 kernel_fn_kwargs: dict[str, Any]) -> None:
+                 kernel_fn_kwargs: dict[str, Any], negative_eigenvalues: NegativeEigenvalues = "warn") -> None:
         self.kernel_fn = kernel_fn
         self.x_train = x_train
         self.y_train = y_train
@@ -61,6 +63,7 @@ class EnsemblePredictor:
         self.diag_reg = diag_reg
         self.diag_reg_absolute_scale = diag_reg_absolute_scale
         self.kernel_fn_kwargs = kernel_fn_kwargs
+        self.negative_eigenvalues = negative_eigenvalues
         self._k_train: dict[str, jax.Array] = {}
         self._facs: dict[str, Factorizations] = {}
 
@@ -86,7 +89,7 @@ class EnsemblePredictor:
             return self._facs[g]
         with concrete_eval(k, self.diag_reg):
             fac = Factorizations(regularize(k, self.diag_reg, self.diag_reg_absolute_scale),
-                                 f"kernel_fn(x_train, None).{g}")
+                                 f"kernel_fn(x_train, None).{g}", self.negative_eigenvalues)
         if fac.concrete:
             self._facs[g] = fac
         return fac
@@ -147,10 +150,18 @@ class EnsemblePredictor:
         test = None
         if x_test is not None:
             x_test = check_array(x_test, "x_test")
-            if x_test.shape[1:] != self.x_train.shape[1:]:
+            if x_test.ndim < 1 or x_test.shape[1:] != self.x_train.shape[1:]:
                 raise ValueError(f"`x_test` {x_test.shape} and `x_train` {self.x_train.shape} need the same feature "
                                  "shape.")
             n_test = x_test.shape[0]
+            if n_test == 0:  # no test point: empty predictions, without asking kernel_fn about no inputs
+                m = n * layout.paired_size
+                test = {g: jnp.zeros((0, m), k_train[g].dtype) for g in needed}
+                if compute_cov:
+                    test["nngp_td"] = test["nngp"]
+                    test["nngp_tt"] = jnp.zeros((0, 0), k_train["nngp"].dtype)
+                out = [self._one(g, t, test, compute_cov, k_train) for g in gets]
+                return out[0] if single else outputs_type(gets)(*out)
             kwargs = {**self.kernel_fn_kwargs, **kernel_fn_test_test_kwargs}
             res = self.kernel_fn(x_test, self.x_train, needed, **kwargs)
             test = {}
@@ -171,7 +182,8 @@ class EnsemblePredictor:
 
 def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayLike, y_train: ArrayLike,
                                   learning_rate: float | jax.Array = 1.0, diag_reg: float | jax.Array = 0.0,
-                                  diag_reg_absolute_scale: bool = False, trace_axes: TraceAxes = (-1,),
+                                  diag_reg_absolute_scale: bool = False, trace_axes: TraceAxes = (-1,), *,
+                                  negative_eigenvalues: NegativeEigenvalues = "warn",
                                   **kernel_fn_train_train_kwargs: Any) -> EnsemblePredictor:
     r"""Gaussian over outputs of an infinite ensemble of infinitely wide networks trained on MSE, at any time.
 
@@ -187,6 +199,11 @@ def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayL
     trained): at `t = ∞` the NNGP Bayesian posterior. The train-train kernel of the dynamics gets the ridge
     `diag_reg` (relative to its mean diagonal unless `diag_reg_absolute_scale`); the prior `K` does not. One
     eigendecomposition (finite `t`) or Cholesky factor (`t=None`) per kernel is computed on first use.
+
+    A singular dynamics kernel (an input repeated, a low-rank empirical kernel) is handled as in
+    `gradient_descent_mse`: eigenvalues within rounding of zero (`|λ| ≤ N·eps·λ_max`) are set to exactly 0, so along
+    their eigenvectors the outputs keep their initial distribution (mean 0, covariance `K`) and `Θ⁺` (the
+    pseudo-inverse) stands for `Θ⁻¹` in `A_t(x)` at finite `t`; `t = ∞` (or `None`) raises for a singular kernel.
 
     Under JAX transformations: `predict_fn` may be called under `jax.jit`, `jax.grad` and `jax.vmap` with `t` or
     `x_test` traced (`get` and `compute_cov` are Python values), and `gradient_descent_mse_ensemble` itself with
@@ -205,6 +222,9 @@ def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayL
       diag_reg: ridge `ε ≥ 0` on the dynamics kernel.
       diag_reg_absolute_scale: take `diag_reg` in absolute units.
       trace_axes: output axes the kernels are traced over (kernels stand for `Θ ⊗ I` along them).
+      negative_eigenvalues: eigenvalues of a (regularized) dynamics kernel below `−N·eps·λ_max` (not rounding):
+        `"warn"` (default) clips them to 0 with a `UserWarning`, `"raise"` raises a `ValueError`, `"clip"` clips
+        them silently (concrete kernels only). An indefinite kernel always raises at `t = ∞`.
       **kernel_fn_train_train_kwargs: passed to every `kernel_fn` call.
 
     Returns:
@@ -213,7 +233,8 @@ def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayL
       infinity; `x_test=None` gives the outputs on the training set as the dynamics move them (mean
       `(I − e^{−τΘ̃}) Y`, covariance `e^{−τΘ̃} K e^{−τΘ̃}`; at infinite time `N(Y, 0)`; pass `x_test=x_train` for the
       ridge regressor's fit); `get` is `"nngp"`, `"ntk"`, a tuple of them or `None` for both; extra keyword
-      arguments override the train ones in the test calls. Each result is the mean `t.shape + (N_test, O_1, ...,
+      arguments override the train ones in the test calls. An `x_test` with no example gives empty results
+      (`kernel_fn` is not called). Each result is the mean `t.shape + (N_test, O_1, ...,
       O_d)` or, with `compute_cov`, `Gaussian(mean, covariance)` with covariance
       `t.shape + (N_test, N_test, O_a, O_a', ...)`; a tuple `get` gives a named tuple of them.
 
@@ -240,9 +261,12 @@ def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayL
         y_train = check_array(y_train, "y_train")
     learning_rate = check_scalar(learning_rate, "learning_rate", positive=True)
     diag_reg = check_scalar(diag_reg, "diag_reg")
+    negative_eigenvalues = check_negative_eigenvalues(negative_eigenvalues)
+    if x_train.ndim < 1 or x_train.shape[0] == 0:
+        raise ValueError(f"`x_train` holds no examples (shape {x_train.shape}); training needs at least one.")
     layout = target_layout(y_train.shape, trace_axes)
     n = y_train.shape[0]
-    if x_train.ndim < 1 or x_train.shape[0] != n:
+    if x_train.shape[0] != n:
         raise ValueError(f"`x_train` {x_train.shape} and `y_train` {y_train.shape} need the same number of examples.")
     return EnsemblePredictor(kernel_fn, x_train, y_train, layout, learning_rate, diag_reg, diag_reg_absolute_scale,
-                             dict(kernel_fn_train_train_kwargs))
+                             dict(kernel_fn_train_train_kwargs), negative_eigenvalues)

@@ -98,6 +98,7 @@ class GPPredictor:
         first = check_array(pick(k_test_train, kname, "k_test_train"), "k_test_train")
         if first.ndim == 0:
             raise ValueError("`k_test_train` must have shape (N_test, N, ...), got a scalar.")
+        # N_test = 0 goes through: empty means and covariances (the train kernel is still factorized and checked).
         n_test = first.shape[0]
         k_td = self._test_kernel(k_test_train, kname, "k_test_train", n_test, n, dtype)
         mean = layout.from_matrix(k_td @ train.alpha, n_test)
@@ -146,6 +147,12 @@ def gp_inference(k_train_train: Any, y_train: ArrayLike, diag_reg: float | jax.A
     values (NaN/Inf, symmetry, a singular train kernel) run only on concrete kernels; the Cholesky solve of a traced
     singular kernel gives NaN or Inf instead of an error.
 
+    A singular train kernel (an input repeated, a low-rank kernel) has no inverse: the Cholesky factor flags it (a
+    pivot `d` with `d_min² ≤ N·eps·d_max²`) and a `ValueError` asks for a ridge; an indefinite one (negative
+    eigenvalues beyond rounding) fails to factorize and raises a `ValueError` giving its smallest eigenvalue relative
+    to the largest (every prediction here inverts the kernel, so there is nothing to clip to). A positive `diag_reg`
+    that makes `K + εI` positive definite is the way to use either.
+
     Args:
       k_train_train: train-train kernels: a named tuple with `nngp` and/or `ntk` fields (e.g. `ntkit.Kernel`), or
         one array used for whatever `get` asks. Shape `(N, N, O_a, O_a', ...)` over the untraced output axes.
@@ -160,12 +167,14 @@ def gp_inference(k_train_train: Any, y_train: ArrayLike, diag_reg: float | jax.A
       or named tuple) to predict on; `None` predicts on the training set, which is `N(Y, 0)` as in neural-tangents
       (for the ridge's fit on the training inputs pass `k_test_train=k_train_train`). `k_test_test`
       `(N_test, N_test, ...)`: give it for the covariance (`"nngp"`/`"ntk"` need the NNGP, `"ntkgp"` the NTK; with
-      `k_test_train=None` any value works). Each result is the mean, or `Gaussian(mean, covariance)` when
-      `k_test_test` is given; a tuple `get` gives a named tuple with one field per entry.
+      `k_test_train=None` any value works); `N_test = 0` gives empty results. Each result is the mean, or
+      `Gaussian(mean, covariance)` when `k_test_test` is given; a tuple `get` gives a named tuple with one field per
+      entry.
 
     Raises:
-      ValueError: bad shapes, NaN/Inf, non-symmetric train kernels, a kernel missing for the requested `get`, or a
-        singular train kernel without ridge (the value checks on concrete kernels only).
+      ValueError: bad shapes, no training example or output, NaN/Inf, non-symmetric train kernels, a kernel missing
+        for the requested `get`, or a singular or indefinite train kernel without enough ridge (the value checks on
+        concrete kernels only).
 
     Example:
       >>> import jax, jax.numpy as jnp, ntkit.predict

@@ -8,11 +8,19 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from .._checks import check_array, check_scalar, is_concrete
-from ._common import concrete_eval
+from ._common import (
+    NegativeEigenvalues,
+    check_negative_eigenvalues,
+    check_spectrum,
+    check_symmetric,
+    concrete_eval,
+    float_dtype,
+)
 
 
 def max_learning_rate(k_train_train: ArrayLike, y_train_size: int | None = None,
-                      momentum: float | jax.Array = 0.0) -> float | jax.Array:
+                      momentum: float | jax.Array = 0.0, *,
+                      negative_eigenvalues: NegativeEigenvalues = "warn") -> float | jax.Array:
     r"""Critical learning rate `η_crit = 2 (1 + μ) n k / λ_max(Θ)` of (heavy-ball) gradient descent on MSE.
 
     With the loss `1/(2nk) Σ ‖f − y‖²`, a model with constant NTK `Θ` follows
@@ -21,6 +29,10 @@ def max_learning_rate(k_train_train: ArrayLike, y_train_size: int | None = None,
     the bound is `2 (1 + μ) nk/λ_max`. Wide networks in NTK parameterization train below it and diverge (or leave
     the lazy regime) above it (Lee et al. 2019, "Wide neural networks of any depth evolve as linear models under
     gradient descent").
+
+    A negative eigenvalue `λ < 0` would make the error along its eigenvector grow by `1 + η|λ|/(nk)` per step at any
+    `η`: no learning rate is stable. Those below `−N·eps·λ_max` (beyond rounding) are reported as
+    `negative_eigenvalues` says, and the rate returned is that of the kernel with them clipped to 0.
 
     Under JAX transformations: with a traced kernel or `momentum` (inside `jax.jit`, `jax.grad`, `jax.vmap`) the
     result is a traced scalar (`λ_max` by `jnp.linalg.eigvalsh`, differentiable where the top eigenvalue is simple)
@@ -32,6 +44,8 @@ def max_learning_rate(k_train_train: ArrayLike, y_train_size: int | None = None,
       y_train_size: `nk`, the number of training targets (`y_train.size`); `None` means the side of the kernel
         seen as a matrix, `N·O_a·...` (right when no output axis is traced, or for one output).
       momentum: heavy-ball momentum `μ ∈ [0, 1)`.
+      negative_eigenvalues: `"warn"` (default: a `UserWarning` giving the smallest eigenvalue relative to the
+        largest), `"raise"` (a `ValueError`) or `"clip"` (silent), for eigenvalues beyond rounding below 0.
 
     Returns:
       `η_crit` as a Python float for concrete inputs, else as a traced 0-d array.
@@ -47,7 +61,11 @@ def max_learning_rate(k_train_train: ArrayLike, y_train_size: int | None = None,
         k = check_array(k_train_train, "k_train_train")
     if k.ndim < 2 or k.ndim % 2 or k.shape[0] != k.shape[1] or k.shape[2::2] != k.shape[3::2]:
         raise ValueError(f"`k_train_train` must have shape (N, N, O_a, O_a', ...), got {k.shape}.")
+    if k.size == 0:
+        raise ValueError(f"`k_train_train` is empty (shape {k.shape}): it needs at least one training example and "
+                         "output.")
     momentum = check_scalar(momentum, "momentum")
+    negative_eigenvalues = check_negative_eigenvalues(negative_eigenvalues)
     if is_concrete(momentum) and momentum >= 1:
         raise ValueError(f"`momentum` must be in [0, 1), got {momentum}.")
     side = int(np.prod(k.shape[::2]))
@@ -59,11 +77,17 @@ def max_learning_rate(k_train_train: ArrayLike, y_train_size: int | None = None,
     lam_max: float | jax.Array
     if is_concrete(k):
         mat = np.transpose(np.asarray(k, dtype=np.float64), perm).reshape(side, side)
-        lam_max = float(np.linalg.eigvalsh((mat + mat.T) / 2)[-1])
+        with concrete_eval(k):
+            check_symmetric(jnp.transpose(k.astype(float_dtype(k)), perm).reshape(side, side), "k_train_train")
+        evals = np.linalg.eigvalsh((mat + mat.T) / 2)
+        lam_max = float(evals[-1])
         if not lam_max > 0:
-            raise ValueError(f"`k_train_train` has no positive eigenvalue (largest {lam_max:.3g}); any learning rate "
-                             "is stable, there is no critical one.")
+            if evals[0] < 0:
+                raise ValueError(f"`k_train_train` has no positive eigenvalue (smallest {evals[0]:.3g}): gradient "
+                                 "descent diverges along the negative ones at any learning rate.")
+            raise ValueError("`k_train_train` is zero: any learning rate is stable, there is no critical one.")
+        check_spectrum(evals, float_dtype(k), "k_train_train", negative_eigenvalues)
     else:
-        k_mat = jnp.transpose(k, perm).reshape(side, side)
+        k_mat = jnp.transpose(k.astype(float_dtype(k)), perm).reshape(side, side)
         lam_max = jnp.linalg.eigvalsh((k_mat + k_mat.T) / 2)[-1]
     return 2.0 * (1.0 + momentum) * int(y_train_size) / lam_max

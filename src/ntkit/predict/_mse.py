@@ -12,9 +12,11 @@ from .._checks import check_array, check_scalar
 from .._layout import KernelLayout
 from ._common import (
     Factorizations,
+    NegativeEigenvalues,
     TraceAxes,
     as_scalar,
     check_kernel,
+    check_negative_eigenvalues,
     check_outputs,
     check_symmetric,
     check_test_inputs,
@@ -84,7 +86,8 @@ class MSEPredictor:
 
 def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike, learning_rate: float | jax.Array = 1.0,
                          diag_reg: float | jax.Array = 0.0, diag_reg_absolute_scale: bool = False,
-                         trace_axes: TraceAxes = (-1,)) -> MSEPredictor:
+                         trace_axes: TraceAxes = (-1,), *,
+                         negative_eigenvalues: NegativeEigenvalues = "warn") -> MSEPredictor:
     r"""Outputs of a model trained by gradient flow on the mean squared loss, in closed form from its NTK.
 
     With the loss `L = 1/(2nk) Σᵢ ‖f(xᵢ) − yᵢ‖²` over `n` training points of `k` outputs (`nk = y_train.size`),
@@ -95,12 +98,21 @@ def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike, learning_
     * train: `f_t(X) = Y + e^{−τΘ} (f₀(X) − Y)`,
     * test: `f_t(x) = f₀(x) + Θ(x, X) Θ⁻¹ (I − e^{−τΘ}) (Y − f₀(X))`.
 
-    One symmetric eigendecomposition `Θ = V diag(λ) Vᵀ` (computed on first use, negative eigenvalues from rounding
-    clipped to 0) serves every `t`: `e^{−τλ} − 1` through `expm1`, and `(1 − e^{−τλ})/λ`, which tends to `τ` as
-    `λ → 0`. `t=None` (infinite time) uses a Cholesky solve instead: train outputs are `Y`, test outputs kernel
-    regression `f₀(x) + Θ(x, X) Θ⁻¹ (Y − f₀(X))`. A ridge `diag_reg` replaces `Θ` by `Θ + εI` in the training
-    dynamics (so train outputs still reach `Y`; for the ridge regressor's fit on the training inputs pass
-    `k_test_train=k_train_train`).
+    One symmetric eigendecomposition `Θ = V diag(λ) Vᵀ` (computed on first use) serves every `t`: `e^{−τλ} − 1`
+    through `expm1`, and `(1 − e^{−τλ})/λ`. `t=None` (infinite time) uses a Cholesky solve instead: train outputs are
+    `Y`, test outputs kernel regression `f₀(x) + Θ(x, X) Θ⁻¹ (Y − f₀(X))`. A ridge `diag_reg` replaces `Θ` by
+    `Θ + εI` in the training dynamics (so train outputs still reach `Y`; for the ridge regressor's fit on the
+    training inputs pass `k_test_train=k_train_train`).
+
+    A singular kernel (an input repeated, a low-rank empirical NTK) has a null space, along which the outputs never
+    move. Eigenvalues within rounding of zero, `|λ| ≤ N·eps·λ_max` (`N` the side of `Θ` as a matrix, `eps` that of
+    the dtype), are rounding noise of such a zero, so they are set to exactly 0: along their eigenvectors the train
+    outputs keep their initial values at every `t` (two copies of one input with targets `a` and `b`, from equal
+    initial outputs, stay equal, and tend to `(a + b)/2`), and the test outputs get nothing (`Θ⁺`, the
+    pseudo-inverse, in place of `Θ⁻¹`; exact when the kernel over train and test points together is positive
+    semi-definite, where `Θ(x, X) v = 0` for `Θ v = 0`). Taking the limit `τ` of `(1 − e^{−τλ})/λ` instead would
+    multiply the rounding noise of `Θ(x, X) v` by `τ`, and keeping the noise `λ` would fit the null direction as if
+    it were a real one. The infinite-time limit needs `Θ` invertible: a singular kernel raises there.
 
     Under JAX transformations: `predict_fn` may be called under `jax.jit`, `jax.grad` and `jax.vmap`, with `t`,
     `fx_train_0`, `fx_test_0` and `k_test_train` traced, and `gradient_descent_mse` itself may be called inside them
@@ -122,6 +134,10 @@ def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike, learning_
         `diag_reg_absolute_scale`.
       diag_reg_absolute_scale: take `diag_reg` in absolute units.
       trace_axes: output axes of `y_train` the kernels were traced over (default the last).
+      negative_eigenvalues: eigenvalues of the (regularized) train-train kernel below `−N·eps·λ_max` are not
+        rounding: `"warn"` (default) clips them to 0 with a `UserWarning` saying how large they are, `"raise"`
+        raises a `ValueError`, `"clip"` clips them silently. Checked on a concrete kernel only (a traced one is
+        clipped silently).
 
     Returns:
       An `MSEPredictor` `predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None)`. `t` is a scalar or
@@ -132,8 +148,10 @@ def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike, learning_
       `(fx_train_t, fx_test_t)`, each of shape `t.shape + (N, O_1, ..., O_d)`.
 
     Raises:
-      ValueError: for shapes that do not match, NaN/Inf, a non-symmetric kernel, negative times, or a singular
-        kernel (without ridge) at infinite time; the value checks on concrete inputs only.
+      ValueError: for shapes that do not match, no training example or output, NaN/Inf, a non-symmetric kernel,
+        negative eigenvalues with `negative_eigenvalues="raise"`, negative times, or a singular kernel (without
+        ridge) at infinite time; the value checks on concrete inputs only.
+      TypeError: for complex or boolean arrays.
 
     Example:
       >>> import jax, jax.numpy as jnp, ntkit.predict
@@ -155,10 +173,11 @@ def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike, learning_
         y_train = check_array(y_train, "y_train", dtype=dtype)
     learning_rate = check_scalar(learning_rate, "learning_rate", positive=True)
     diag_reg = check_scalar(diag_reg, "diag_reg")
+    negative_eigenvalues = check_negative_eigenvalues(negative_eigenvalues)
     layout = target_layout(y_train.shape, trace_axes)
     n = y_train.shape[0]
     with concrete_eval(k_train_train, diag_reg):
         k = check_kernel(layout, k_train_train, n, n, "k_train_train", dtype)
         k = check_symmetric(layout.kernel_matrix(k), "k_train_train")
         k = regularize(k, diag_reg, diag_reg_absolute_scale)
-    return MSEPredictor(layout, Factorizations(k, "k_train_train"), y_train, learning_rate)
+    return MSEPredictor(layout, Factorizations(k, "k_train_train", negative_eigenvalues), y_train, learning_rate)

@@ -5,20 +5,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.ode import odeint
 from jax.typing import ArrayLike
 
-from .._checks import check_array, check_scalar, is_concrete
+from .._checks import check_array, check_positive_int, check_scalar, is_concrete
 from .._layout import KernelLayout
 from ._common import (
+    Factorizations,
+    NegativeEigenvalues,
     TraceAxes,
     all_concrete,
     as_scalar,
     check_kernel,
+    check_negative_eigenvalues,
     check_outputs,
     check_symmetric,
     check_test_inputs,
@@ -27,6 +29,9 @@ from ._common import (
     target_layout,
     times,
 )
+from ._integrate import integrate
+from ._mse import MSEPredictor
+from ._quadratic import quadratic_loss
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
 """`loss(fx_train, y_train) -> scalar`."""
@@ -111,18 +116,18 @@ def _make_vector_field(loss: Loss, layout: KernelLayout, n: int, heavy: bool) ->
 
 _cached_vector_field = functools.lru_cache(maxsize=32)(_make_vector_field)
 
-
 class ODEPredictor:
     """The `predict_fn` that `gradient_descent` returns: call it as
     `predict_fn(t, fx_train_or_state_0=0.0, fx_test_0=None, k_test_train=None)`.
 
-    It holds the train-train kernel matrix, the targets, the loss and the optimizer settings; calling it has no side
-    effect visible to JAX, so it can be called under `jax.jit`, `jax.grad` or `jax.vmap` with traced times, initial
-    outputs or test-train kernel.
+    It holds the train-train kernel matrix, the targets, the loss and the optimizer settings (or, for a squared loss,
+    the closed-form predictor); calling it has no side effect visible to JAX, so it can be called under `jax.jit`,
+    `jax.grad` or `jax.vmap` with traced times, initial outputs or test-train kernel.
     """
 
     def __init__(self, layout: KernelLayout, k: jax.Array, y_train: jax.Array, loss: Loss, learning_rate: Any,
-                 momentum: Any, rtol: float, atol: float) -> None:
+                 momentum: Any, rtol: float, atol: float, max_steps: int = 10_000,
+                 closed_form: MSEPredictor | None = None) -> None:
         self.layout = layout
         self.k = k
         self.y_train = y_train
@@ -131,6 +136,8 @@ class ODEPredictor:
         self.momentum = momentum
         self.rtol = rtol
         self.atol = atol
+        self.max_steps = max_steps
+        self.closed_form = closed_form
         self.dtype = y_train.dtype
 
     def __call__(self, t: ArrayLike | None = None, fx_train_or_state_0: ArrayLike | ODEState | None = 0.0,
@@ -159,6 +166,15 @@ class ODEPredictor:
         if fx_test_0 is not None and k_test_train is None:
             raise ValueError("Test outputs were given without `k_test_train`; test dynamics need the test-train NTK.")
         want_train = fx_train_0 is not None or as_state
+        if self.closed_form is not None:
+            out = self.closed_form(t_arr, 0.0 if fx_train_0 is None else fx_train_0, fx_test_0, k_test_train)
+            train, test = out if isinstance(out, tuple) else (out, None)
+            if as_state:
+                return ODEState(train, test)
+            if want_train and test is not None:
+                return train, test
+            return test if test is not None else train
+
         f0 = check_outputs(layout, 0.0 if fx_train_0 is None else fx_train_0, n, "fx_train_0", dtype)
         state = {"fx_train": layout.to_matrix(f0)}
         k_td = jnp.zeros((0, n * layout.paired_size), dtype)
@@ -183,7 +199,21 @@ class ODEPredictor:
         order = jnp.argsort(flat)
         grid = _increasing_grid(flat[order] * scale)
         rhs = _vector_field(self.loss, layout, n, momentum is not None)
-        path = odeint(rhs, state, grid, self.k, k_td, coef, self.y_train, rtol=self.rtol, atol=self.atol)
+        path, reached, s_end = integrate(rhs, state, grid, self.k, k_td, coef, self.y_train, rtol=self.rtol,
+                                         atol=self.atol, max_steps=self.max_steps)
+        if all_concrete(reached, s_end):
+            if not bool(jnp.all(reached)):
+                raise ValueError(
+                    f"Integrating to `t` = {float(jnp.max(flat)):.4g} takes more than `max_steps` = {self.max_steps} "
+                    f"steps (it stopped at t = {float(s_end / scale):.4g}). The integrator's steps stay short "
+                    "where the ODE is stiff, as near a minimum of the loss with positive curvature, where the outputs "
+                    "barely move (for the mean squared loss without momentum, `method='auto'` or "
+                    "`gradient_descent_mse` give the closed form at any time), or where the loss gradient is rounding "
+                    "noise (cross-entropy in float32 once `1 − p` falls below eps: use float64). Pass smaller times "
+                    "or a larger `max_steps`.")
+        else:  # traced: the outputs at times not reached are NaN, never an extrapolation
+            path = {key: jnp.where(reached.reshape(-1, *([1] * (v.ndim - 1))), v, jnp.full_like(v, jnp.nan))
+                    for key, v in path.items()}
         index = jnp.argsort(order).reshape(t_arr.shape)
         path = {key: value[1:][index] for key, value in path.items()}
         if all_concrete(path) and not all(bool(jnp.all(jnp.isfinite(v))) for v in path.values()):
@@ -204,7 +234,8 @@ class ODEPredictor:
 def gradient_descent(loss: Loss, k_train_train: ArrayLike, y_train: ArrayLike,
                      learning_rate: float | jax.Array = 1.0, momentum: float | jax.Array | None = None,
                      trace_axes: TraceAxes = (-1,), *, rtol: float | None = None,
-                     atol: float | None = None) -> ODEPredictor:
+                     atol: float | None = None, max_steps: int = 10_000, method: Literal["auto", "ode"] = "auto",
+                     negative_eigenvalues: NegativeEigenvalues = "warn") -> ODEPredictor:
     r"""Outputs of a constant-NTK model trained by gradient flow on any loss, by solving the ODE in function space.
 
     A model whose NTK `Θ` stays constant (linearized or infinitely wide; Lee et al. 2019, "Wide neural networks of
@@ -225,16 +256,30 @@ def gradient_descent(loss: Loss, k_train_train: ArrayLike, y_train: ArrayLike,
     the mean squared loss; in general `η λ_max` times the curvature of the loss in `f`), with a gap shrinking like
     `√η` at fixed friction `(1 − μ)/√η`.
 
-    No closed form exists beyond the mean squared loss (for which `gradient_descent_mse` is exact and cheaper),
-    so the ODE is integrated by `jax.experimental.ode.odeint` (adaptive Dormand–Prince 5(4)) to the requested
-    times. For `loss(fx, y) = 0.5 * jnp.mean((fx - y) ** 2)` this reproduces `gradient_descent_mse`.
+    No closed form exists beyond the mean squared loss, so the ODE is integrated (adaptive Dormand–Prince 5(4), as
+    `jax.experimental.ode.odeint`) to the requested times. Where the outputs move on a time scale that grows with `t`
+    (cross-entropy, whose outputs grow like `log t`) the adaptive steps grow with it, and `t = 1e12` costs about
+    1,300 steps in float64. The work is bounded: more than `max_steps` steps in all raise a `ValueError` naming `t`
+    (NaN outputs at the times not reached, when values are traced; `odeint` returned an extrapolation of its last
+    step there). This happens when the outputs converge to a minimum of the loss with positive curvature (a finite
+    minimizer: soft labels, the squared loss), where the explicit integrator's step stays bounded by that curvature
+    while time grows, so the steps needed grow like `t`; and when the loss gradient is rounding noise. The integrator
+    trusts the gradient it is given: in float32, that of cross-entropy, `softmax(f) − y`, rounds `1 − p` to 0 once
+    the margins pass about 16, after which the outputs drift (1% off at `t = 1e8` on a 6-point, 3-class problem,
+    whose float64 outputs agree with a float64 SciPy integration to 1e-8 up to `t = 1e12`); use float64 for such
+    times.
+
+    For a loss whose gradient in `f` is `a (f − b)` everywhere (the mean squared loss `0.5 * jnp.mean((fx - y)**2)`
+    and its multiples; recognized from the jaxpr of its Hessian, which must not depend on `f`, and checked on
+    values), `method="auto"` uses the closed form of `gradient_descent_mse` instead, at any `t` and for the cost of
+    one eigendecomposition (without momentum; `method="ode"` integrates anyway).
 
     Under JAX transformations: `predict_fn` may be called under `jax.jit`, `jax.grad` and `jax.vmap`, with `t`, the
     initial state or `k_test_train` traced; the constructor accepts a traced kernel, targets, `learning_rate` or
     `momentum`. Derivatives are reverse mode only (`jax.grad`, `jax.vjp`, `jax.jacrev`, through the adjoint ODE of
     `odeint`); `odeint` has no forward mode. Checks that need values (NaN/Inf, symmetry, negative or infinite times,
-    `momentum < 1`, a solution that blows up) run only on concrete inputs. Predictors for the same `loss` and shapes
-    share one compilation of the integrator.
+    `momentum < 1`, a solution that blows up, the step bound) run only on concrete inputs. Predictors for the same
+    `loss` and shapes share one compilation of the integrator.
 
     Args:
       loss: `loss(fx_train, y_train) -> scalar`, e.g. cross-entropy
@@ -247,6 +292,12 @@ def gradient_descent(loss: Loss, k_train_train: ArrayLike, y_train: ArrayLike,
       trace_axes: output axes the kernels were traced over.
       rtol: relative tolerance of the integrator (default `1e-6` in float32, `1e-10` in float64).
       atol: absolute tolerance of the integrator (same defaults).
+      max_steps: the most steps the integrator may take for one call (all times together).
+      method: `"auto"` (the closed form for a squared loss without momentum, else the integrator) or `"ode"`
+        (always the integrator).
+      negative_eigenvalues: eigenvalues of the train-train kernel below `−N·eps·λ_max` (not rounding): `"warn"`
+        (default) clips them to 0 with a `UserWarning`, `"raise"` raises a `ValueError`, `"clip"` clips them
+        silently (the kernel is replaced by `V max(λ, 0) Vᵀ`; concrete kernels only).
 
     Returns:
       An `ODEPredictor` `predict_fn(t, fx_train_or_state_0=0.0, fx_test_0=None, k_test_train=None)`: `t` a finite
@@ -254,6 +305,12 @@ def gradient_descent(loss: Loss, k_train_train: ArrayLike, y_train: ArrayLike,
       `t = 0` (`None` means 0) or an `ODEState` (then an `ODEState` comes back, with velocities when `momentum` is
       set); `k_test_train` `(N_test, N, ...)` the test-train NTK, with `fx_test_0` (default 0). Returns
       `fx_train_t`, or `(fx_train_t, fx_test_t)` when `k_test_train` is given.
+
+    Raises:
+      ValueError: bad shapes, no training example or output, NaN/Inf, a non-symmetric kernel, negative or infinite
+        times, `momentum ≥ 1`, more than `max_steps` steps, a solution that is not finite (value checks on
+        concrete inputs only).
+      TypeError: a `loss` that is not callable or does not return a real scalar.
 
     Example:
       >>> import jax, jax.numpy as jnp, ntkit.predict
@@ -267,6 +324,10 @@ def gradient_descent(loss: Loss, k_train_train: ArrayLike, y_train: ArrayLike,
     """
     if not callable(loss):
         raise TypeError(f"`loss` must be callable as loss(fx_train, y_train), got {type(loss).__name__}.")
+    if method not in ("auto", "ode"):
+        raise ValueError(f"`method` must be 'auto' or 'ode', got {method!r}.")
+    max_steps = check_positive_int(max_steps, "max_steps")
+    negative_eigenvalues = check_negative_eigenvalues(negative_eigenvalues)
     with concrete_eval(k_train_train):
         k_train_train = check_array(k_train_train, "k_train_train")
     dtype = float_dtype(k_train_train)
@@ -280,8 +341,22 @@ def gradient_descent(loss: Loss, k_train_train: ArrayLike, y_train: ArrayLike,
     rtol = _default_tolerance(dtype) if rtol is None else check_scalar(rtol, "rtol", positive=True)
     atol = _default_tolerance(dtype) if atol is None else check_scalar(atol, "atol", positive=True)
     layout = target_layout(y_train.shape, trace_axes)
+    out = jax.eval_shape(loss, y_train, y_train)
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise TypeError(f"`loss(fx_train, y_train)` must return a real floating scalar, got {out}.")
     n = y_train.shape[0]
     with concrete_eval(k_train_train):
         k = check_kernel(layout, k_train_train, n, n, "k_train_train", dtype)
         k = check_symmetric(layout.kernel_matrix(k), "k_train_train")
-    return ODEPredictor(layout, k, y_train, loss, learning_rate, momentum, rtol, atol)
+    fac = Factorizations(k, "k_train_train", negative_eigenvalues)
+    if fac.concrete:
+        with concrete_eval(k):
+            evals, evecs = fac.eigh  # checks the spectrum
+            if fac.clipped:  # integrate with the kernel's positive semi-definite part
+                k = (evecs * evals) @ evecs.T
+    closed_form = None
+    quadratic = quadratic_loss(loss, y_train) if method == "auto" and momentum is None else None
+    if quadratic is not None:  # ∇L = a (f − b): the closed form of gradient_descent_mse, with τ = η a t
+        a, b = quadratic
+        closed_form = MSEPredictor(layout, fac, b, learning_rate * (a * b.size))
+    return ODEPredictor(layout, k, y_train, loss, learning_rate, momentum, rtol, atol, max_steps, closed_form)
