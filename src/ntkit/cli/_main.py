@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import math
 import sys
 
 _DATASETS = ("digits", "iris", "wine", "breast_cancer")
+
+# Commands beyond `demo`, each in a module of this package with `add_parser(subparsers)` (registers the command
+# under its name) and `run(args) -> int` (the exit status). Modules are imported to build the parser, so keep their
+# top level light (no JAX, scikit-learn or matplotlib imports there).
+_COMMAND_MODULES: dict[str, str] = {}
 
 
 def _positive_int(text: str) -> int:
@@ -69,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="tiny sizes for a smoke test (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ")")
     demo.add_argument("--json", action="store_true", help="print the metrics as JSON instead of the summary")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for module in _COMMAND_MODULES.values():
+        importlib.import_module(module, __package__).add_parser(sub)
     return parser
 
 
@@ -118,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args, parser)
+    if args.command in _COMMAND_MODULES:
+        return int(importlib.import_module(_COMMAND_MODULES[args.command], __package__).run(args))
     return 0  # pragma: no cover - argparse requires a command
 
 
