@@ -9,6 +9,7 @@ The whole public API is re-exported here; the stages of the data path are subpac
 """
 
 from . import empirical as empirical
+from . import jobs as jobs
 from . import nn as nn
 from . import predict as predict
 from ._kernel import Kernel as Kernel

@@ -14,7 +14,9 @@ _DATASETS = ("digits", "iris", "wine", "breast_cancer")
 # Commands beyond `demo`, each in a module of this package with `add_parser(subparsers)` (registers the command
 # under its name) and `run(args) -> int` (the exit status). Modules are imported to build the parser, so keep their
 # top level light (no JAX, scikit-learn or matplotlib imports there).
-_COMMAND_MODULES: dict[str, str] = {}
+_COMMAND_MODULES: dict[str, str] = {
+    "kernel": "._kernel_command",
+}
 
 
 def _positive_int(text: str) -> int:
