@@ -5,9 +5,13 @@ The whole public API is re-exported here; the stages of the data path are subpac
 * `ntkit.empirical`: the empirical NTK and NNGP of any finite JAX model (its names are also here);
 * `ntkit.nn`: layers with analytic infinite-width kernels and matching finite networks (`import ntkit.nn as stax`);
 * `ntkit.predict`: training dynamics and Bayesian inference from kernels;
+* `ntkit.analysis`: what the NTK is used for (convergence, initialization, learning rate, generalization, lazy vs
+  rich);
+* `ntkit.jobs`: kernels larger than memory, tile by tile into resumable Zarr stores, locally or on Dask;
 * `ntkit.cli`: the `ntkit` command-line application.
 """
 
+from . import analysis as analysis
 from . import empirical as empirical
 from . import jobs as jobs
 from . import nn as nn
