@@ -7,6 +7,8 @@ The whole public API is re-exported here; the stages of the data path are subpac
 * `ntkit.predict`: training dynamics and Bayesian inference from kernels;
 * `ntkit.analysis`: what the NTK is used for (convergence, initialization, learning rate, generalization, lazy vs
   rich);
+* `ntkit.solve`: kernel ridge regression at scale (Cholesky, or CG with a Nyström preconditioner; lazy and
+  matrix-free kernels);
 * `ntkit.jobs`: kernels larger than memory, tile by tile into resumable Zarr stores, locally or on Dask;
 * `ntkit.cli`: the `ntkit` command-line application.
 """
@@ -16,6 +18,7 @@ from . import empirical as empirical
 from . import jobs as jobs
 from . import nn as nn
 from . import predict as predict
+from . import solve as solve
 from ._kernel import Kernel as Kernel
 from .empirical import empirical_kernel_fn as empirical_kernel_fn
 from .empirical import empirical_nngp_fn as empirical_nngp_fn

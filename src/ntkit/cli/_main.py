@@ -16,6 +16,7 @@ _DATASETS = ("digits", "iris", "wine", "breast_cancer")
 # top level light (no JAX, scikit-learn or matplotlib imports there).
 _COMMAND_MODULES: dict[str, str] = {
     "kernel": "._kernel_command",
+    "fit": "._fit_command",
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -29,6 +30,7 @@ from jax.typing import ArrayLike
 
 from .._checks import check_array, is_concrete
 from .._layout import KernelLayout
+from ..solve import SolverOptions, kernel_ridge
 
 TraceAxes: TypeAlias = int | Sequence[int]
 """Output axes the kernels are traced over (contracted and averaged), counting the batch axis as 0."""
@@ -186,6 +188,39 @@ def regularize(k: jax.Array, diag_reg: Any, absolute: bool) -> jax.Array:
     eps = as_scalar(diag_reg, k.dtype)
     scale = eps if absolute else eps * jnp.mean(jnp.diagonal(k))
     return k + scale * jnp.eye(k.shape[0], dtype=k.dtype)
+
+
+def ridge_scale(k: jax.Array, diag_reg: Any, absolute: bool) -> jax.Array:
+    """The ridge `ε` that `regularize` adds: `diag_reg` (absolute) or `diag_reg · mean(diag K)`."""
+    eps = as_scalar(diag_reg, k.dtype)
+    return eps if absolute else eps * jnp.mean(jnp.diagonal(k))
+
+
+Solver: TypeAlias = Any
+"""How `t = ∞` predictions solve `K̃ x = b`: `"cholesky"` (default; one factorization, pure under `jit`/`grad`),
+`"cg"` or `"auto"` (`ntkit.solve.kernel_ridge` with that method), or an `ntkit.solve.SolverOptions`."""
+
+_SOLVERS = ("cholesky", "cg", "auto")
+
+
+def check_solver(solver: Any) -> Any:
+    """`None` for the Cholesky path, else the `ntkit.solve.SolverOptions` to solve with."""
+    if isinstance(solver, SolverOptions):
+        return solver
+    if solver not in _SOLVERS:
+        raise ValueError(f"`solver` must be one of {_SOLVERS} or an `ntkit.solve.SolverOptions`, got {solver!r}.")
+    return None if solver == "cholesky" else SolverOptions(method=solver)
+
+
+def iterative_solve(k: jax.Array, ridge: Any, b: jax.Array, options: Any, name: str) -> jax.Array:
+    """`(K + ε I)⁻¹ b` by `ntkit.solve.kernel_ridge` with `options`, for concrete `K`, `ε` and `b` only (the solver
+    runs on the host, outside any trace); `ValueError` otherwise."""
+    if not all_concrete(k, ridge, b):
+        raise ValueError(f"`solver={options.method!r}` solves on concrete values only: the kernel `{name}`, the ridge "
+                         "and the right-hand side must not be traced by `jit`/`grad`/`vmap` (use "
+                         "`solver='cholesky'`, which is pure under transformations).")
+    kwargs = dataclasses.asdict(options) | {"name": name}
+    return jnp.asarray(kernel_ridge(np.asarray(k), np.asarray(b), float(ridge), **kwargs).weights, k.dtype)
 
 
 def _singular_error(name: str, detail: str = "") -> ValueError:

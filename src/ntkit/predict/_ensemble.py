@@ -15,17 +15,21 @@ from .._layout import KernelLayout
 from ._common import (
     Factorizations,
     NegativeEigenvalues,
+    Solver,
     TraceAxes,
     all_concrete,
     as_scalar,
     check_kernel,
     check_negative_eigenvalues,
+    check_solver,
     check_symmetric,
     concrete_eval,
     decay_factors,
     float_dtype,
+    iterative_solve,
     outputs_type,
     regularize,
+    ridge_scale,
     target_layout,
     times,
 )
@@ -54,7 +58,8 @@ class EnsemblePredictor:
 
     def __init__(self, kernel_fn: Callable[..., Any], x_train: jax.Array, y_train: jax.Array, layout: KernelLayout,
                  learning_rate: Any, diag_reg: Any, diag_reg_absolute_scale: bool,
-                 kernel_fn_kwargs: dict[str, Any], negative_eigenvalues: NegativeEigenvalues = "warn") -> None:
+                 kernel_fn_kwargs: dict[str, Any], negative_eigenvalues: NegativeEigenvalues = "warn",
+                 solver: Any = None) -> None:
         self.kernel_fn = kernel_fn
         self.x_train = x_train
         self.y_train = y_train
@@ -65,7 +70,9 @@ class EnsemblePredictor:
         self.kernel_fn_kwargs = kernel_fn_kwargs
         self.negative_eigenvalues = negative_eigenvalues
         self._k_train: dict[str, jax.Array] = {}
+        self.solver = solver
         self._facs: dict[str, Factorizations] = {}
+        self._alpha: dict[str, jax.Array] = {}
 
     def _train_kernels(self, gets: tuple[str, ...]) -> dict[str, jax.Array]:
         """The train-train kernel matrices of `gets`, each from the cache or from one `kernel_fn` call."""
@@ -94,6 +101,25 @@ class EnsemblePredictor:
             self._facs[g] = fac
         return fac
 
+    def _solve(self, g: str, k: jax.Array, fac: Factorizations, b: jax.Array) -> jax.Array:
+        """`Θ̃⁻¹ b` by the Cholesky factor, or by `ntkit.solve.kernel_ridge` with the `solver` options."""
+        if self.solver is None:
+            return fac.solve(b)
+        with concrete_eval(k, self.diag_reg):
+            ridge = ridge_scale(k, self.diag_reg, self.diag_reg_absolute_scale)
+        return iterative_solve(k, ridge, b, self.solver, f"kernel_fn(x_train, None).{g}")
+
+    def _weights(self, g: str, k: jax.Array, fac: Factorizations) -> jax.Array:
+        """`Θ̃⁻¹ Y` by the solver, kept when concrete."""
+        if g in self._alpha:
+            return self._alpha[g]
+        with concrete_eval(k, self.y_train):
+            y = self.layout.to_matrix(self.y_train.astype(k.dtype))
+        alpha = self._solve(g, k, fac, y)
+        if all_concrete(alpha):
+            self._alpha[g] = alpha
+        return alpha
+
     def _one(self, g: str, t: ArrayLike | None, test: dict[str, jax.Array] | None, compute_cov: bool,
              k_train: dict[str, jax.Array]) -> jax.Array | Gaussian:
         layout, n = self.layout, self.y_train.shape[0]
@@ -101,6 +127,11 @@ class EnsemblePredictor:
         fac = self._factorization(g, k_dd)
         dtype = k_dd.dtype
         y = layout.to_matrix(self.y_train.astype(dtype))
+        # The outputs' prior covariance on the training set. With `get="nngp"` the ridge is observation noise of the
+        # Bayesian posterior the dynamics reach at t = ∞, so it is part of it (`K̃ = K + εI`, whose posterior is
+        # `K(x,x) − K(x,X) K̃⁻¹ K(X,x)`, as `gp_inference` and neural-tangents give); with `get="ntk"` it is the
+        # NNGP `K` of the networks at initialization, and the ridge only regularizes the dynamics kernel `Θ̃`.
+        prior_dd: Any = fac.k if g == "nngp" else k_train.get("nngp")
         if t is not None:
             t_arr, infinite = times(t, dtype)
             evals, evecs = fac.eigh
@@ -111,26 +142,32 @@ class EnsemblePredictor:
         cov = None
         if test is None:  # training set, as the dynamics move it (from f₀ = 0)
             if t is None:
-                fac.cho  # noqa: B018  (a singular concrete kernel never reaches Y)
+                if self.solver is None:
+                    fac.cho  # noqa: B018  (a singular concrete kernel never reaches Y)
                 mean = jnp.broadcast_to(y, y.shape)
                 if compute_cov:
-                    cov = jnp.zeros_like(k_train["nngp"])
+                    cov = jnp.zeros_like(prior_dd)
             else:
                 mean = -evecs @ (expm1[..., :, None] * (evecs.T @ y))
                 if compute_cov:
                     e = (evecs * (1 + expm1)[..., None, :]) @ evecs.T  # e^{−τΘ̃}
-                    cov = e @ k_train["nngp"] @ jnp.swapaxes(e, -1, -2)
+                    cov = e @ prior_dd @ jnp.swapaxes(e, -1, -2)
             n_out = n
         else:
             k_td = test[g]
-            if t is None:
-                a = fac.solve(k_td.T).T  # Θ(x,X) Θ̃⁻¹
+            if t is None and self.solver is not None:
+                mean = k_td @ self._weights(g, k_dd, fac)
+                a = self._solve(g, k_dd, fac, k_td.T).T if compute_cov else None
             else:
-                a = ((k_td @ evecs) * inv[..., None, :]) @ evecs.T  # (*t, N_test·M, N·M)
-            mean = a @ y
+                if t is None:
+                    a = fac.solve(k_td.T).T  # Θ(x,X) Θ̃⁻¹
+                else:
+                    a = ((k_td @ evecs) * inv[..., None, :]) @ evecs.T  # (*t, N_test·M, N·M)
+                mean = a @ y
             if compute_cov:
+                assert a is not None
                 cross = a @ test["nngp_td"].T
-                cov = (test["nngp_tt"] + a @ k_train["nngp"] @ jnp.swapaxes(a, -1, -2)
+                cov = (test["nngp_tt"] + a @ prior_dd @ jnp.swapaxes(a, -1, -2)
                        - (cross + jnp.swapaxes(cross, -1, -2)))
             n_out = k_td.shape[0] // layout.paired_size
         mean = layout.from_matrix(mean, n_out)
@@ -183,7 +220,7 @@ class EnsemblePredictor:
 def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayLike, y_train: ArrayLike,
                                   learning_rate: float | jax.Array = 1.0, diag_reg: float | jax.Array = 0.0,
                                   diag_reg_absolute_scale: bool = False, trace_axes: TraceAxes = (-1,), *,
-                                  negative_eigenvalues: NegativeEigenvalues = "warn",
+                                  negative_eigenvalues: NegativeEigenvalues = "warn", solver: Solver = "cholesky",
                                   **kernel_fn_train_train_kwargs: Any) -> EnsemblePredictor:
     r"""Gaussian over outputs of an infinite ensemble of infinitely wide networks trained on MSE, at any time.
 
@@ -197,7 +234,10 @@ def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayL
 
     `get="ntk"` is this NTK ensemble; `get="nngp"` trains with `K` in place of `Θ` (only the readout layer
     trained): at `t = ∞` the NNGP Bayesian posterior. The train-train kernel of the dynamics gets the ridge
-    `diag_reg` (relative to its mean diagonal unless `diag_reg_absolute_scale`); the prior `K` does not. One
+    `diag_reg` (relative to its mean diagonal unless `diag_reg_absolute_scale`). For `get="ntk"` the prior `K` (the
+    networks at initialization) does not; for `get="nngp"` the ridge is the observation noise of the Bayesian
+    posterior, so the prior covariance on the training set is `K̃ = K + εI` too, and at `t = ∞` the result is
+    `gp_inference`'s posterior `K(x,x) − K(x,X) K̃⁻¹ K(X,x)` (as in neural-tangents). One
     eigendecomposition (finite `t`) or Cholesky factor (`t=None`) per kernel is computed on first use.
 
     A singular dynamics kernel (an input repeated, a low-rank empirical kernel) is handled as in
@@ -225,16 +265,21 @@ def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayL
       negative_eigenvalues: eigenvalues of a (regularized) dynamics kernel below `−N·eps·λ_max` (not rounding):
         `"warn"` (default) clips them to 0 with a `UserWarning`, `"raise"` raises a `ValueError`, `"clip"` clips
         them silently (concrete kernels only). An indefinite kernel always raises at `t = ∞`.
+      solver: how `t = ∞` (`t=None`) test predictions solve `Θ̃ x = b`: `"cholesky"` (default: one Cholesky
+        factorization, pure under `jit`/`grad`), `"cg"` / `"auto"` (`ntkit.solve.kernel_ridge`: conjugate gradients
+        with a Nyström preconditioner, for large `N`), or an `ntkit.solve.SolverOptions`. With an iterative solver
+        the train-train kernels and targets must be concrete (`predict_fn` may still be jitted over `x_test` for the
+        mean, as `Θ̃⁻¹ Y` is solved once and kept); finite times always use the eigendecomposition.
       **kernel_fn_train_train_kwargs: passed to every `kernel_fn` call.
 
     Returns:
       An `EnsemblePredictor` `predict_fn(t=None, x_test=None, get=None, compute_cov=False,
       **kernel_fn_test_test_kwargs)`: `t` a scalar or array of times (leading axes of the result), `None` for
       infinity; `x_test=None` gives the outputs on the training set as the dynamics move them (mean
-      `(I − e^{−τΘ̃}) Y`, covariance `e^{−τΘ̃} K e^{−τΘ̃}`; at infinite time `N(Y, 0)`; pass `x_test=x_train` for the
-      ridge regressor's fit); `get` is `"nngp"`, `"ntk"`, a tuple of them or `None` for both; extra keyword
-      arguments override the train ones in the test calls. An `x_test` with no example gives empty results
-      (`kernel_fn` is not called). Each result is the mean `t.shape + (N_test, O_1, ...,
+      `(I − e^{−τΘ̃}) Y`, covariance `e^{−τΘ̃} K e^{−τΘ̃}`, `K̃` for `"nngp"`; at infinite time `N(Y, 0)`; pass
+      `x_test=x_train` for the ridge regressor's fit); `get` is `"nngp"`, `"ntk"`, a tuple of them or `None` for
+      both; extra keyword arguments override the train ones in the test calls. An `x_test` with no example gives
+      empty results (`kernel_fn` is not called). Each result is the mean `t.shape + (N_test, O_1, ...,
       O_d)` or, with `compute_cov`, `Gaussian(mean, covariance)` with covariance
       `t.shape + (N_test, N_test, O_a, O_a', ...)`; a tuple `get` gives a named tuple of them.
 
@@ -269,4 +314,4 @@ def gradient_descent_mse_ensemble(kernel_fn: Callable[..., Any], x_train: ArrayL
     if x_train.shape[0] != n:
         raise ValueError(f"`x_train` {x_train.shape} and `y_train` {y_train.shape} need the same number of examples.")
     return EnsemblePredictor(kernel_fn, x_train, y_train, layout, learning_rate, diag_reg, diag_reg_absolute_scale,
-                             dict(kernel_fn_train_train_kwargs), negative_eigenvalues)
+                             dict(kernel_fn_train_train_kwargs), negative_eigenvalues, check_solver(solver))

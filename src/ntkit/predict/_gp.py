@@ -13,15 +13,19 @@ from .._kernel import parse_get
 from .._layout import KernelLayout
 from ._common import (
     Factorizations,
+    Solver,
     TraceAxes,
     all_concrete,
     check_kernel,
+    check_solver,
     check_symmetric,
     concrete_eval,
     float_dtype,
+    iterative_solve,
     outputs_type,
     pick,
     regularize,
+    ridge_scale,
     target_layout,
 )
 
@@ -55,12 +59,13 @@ class GPPredictor:
     """
 
     def __init__(self, k_train_train: Any, y_train: jax.Array, layout: KernelLayout, diag_reg: Any,
-                 diag_reg_absolute_scale: bool) -> None:
+                 diag_reg_absolute_scale: bool, solver: Any = None) -> None:
         self.k_train_train = k_train_train
         self.y_train = y_train
         self.layout = layout
         self.diag_reg = diag_reg
         self.diag_reg_absolute_scale = diag_reg_absolute_scale
+        self.solver = solver
         self._cache: dict[str, _Train] = {}
 
     def _train(self, name: str) -> _Train:
@@ -75,11 +80,28 @@ class GPPredictor:
             dtype = float_dtype(k)
             k = check_symmetric(layout.kernel_matrix(check_kernel(layout, k, n, n, what, dtype)), what)
             fac = Factorizations(regularize(k, self.diag_reg, self.diag_reg_absolute_scale), what)
-        with concrete_eval(fac.k, self.y_train):
-            train = _Train(k, fac, fac.solve(layout.to_matrix(self.y_train.astype(dtype))))
+        with concrete_eval(k, self.y_train):
+            y = layout.to_matrix(self.y_train.astype(dtype))
+        if self.solver is None:
+            with concrete_eval(fac.k, self.y_train):
+                train = _Train(k, fac, fac.solve(y))
+        else:
+            train = _Train(k, fac, self._solve(k, what, y))
         if all_concrete(train.k, train.alpha):
             self._cache[name] = train
         return train
+
+    def _solve(self, k: jax.Array, name: str, b: jax.Array) -> jax.Array:
+        """`(K + εI)⁻¹ b` by `ntkit.solve.kernel_ridge` with the `solver` options (concrete values only)."""
+        with concrete_eval(k, self.diag_reg):
+            ridge = ridge_scale(k, self.diag_reg, self.diag_reg_absolute_scale)
+        return iterative_solve(k, ridge, b, self.solver, name)
+
+    def _inverse_times(self, train: _Train, kname: str, b: jax.Array) -> jax.Array:
+        """`K̃⁻¹ b` for the train kernel `kname`, by Cholesky or by the iterative solver."""
+        if self.solver is None:
+            return train.fac.solve(b)
+        return self._solve(train.k, f"k_train_train.{kname}", b)
 
     def _test_kernel(self, kernels: Any, name: str, arg: str, n1: int, n2: int, dtype: Any) -> jax.Array:
         what = f"{arg}.{name}" if not hasattr(kernels, "shape") else arg
@@ -107,11 +129,11 @@ class GPPredictor:
         prior = "ntk" if g == "ntkgp" else "nngp"
         k_tt = self._test_kernel(k_test_test, prior, "k_test_test", n_test, n_test, dtype)
         if g in ("nngp", "ntkgp"):
-            cov = k_tt - k_td @ train.fac.solve(k_td.T)
+            cov = k_tt - k_td @ self._inverse_times(train, kname, k_td.T)
         else:
             k_dd = self._train("nngp").k
             nngp_td = self._test_kernel(k_test_train, "nngp", "k_test_train", n_test, n, dtype)
-            a = train.fac.solve(k_td.T).T  # Θ(x,X) Θ̃⁻¹
+            a = self._inverse_times(train, kname, k_td.T).T  # Θ(x,X) Θ̃⁻¹
             cross = a @ nngp_td.T
             cov = k_tt + a @ k_dd @ a.T - (cross + cross.T)
         return Gaussian(mean, layout.kernel_from_matrix(cov, n_test, n_test))
@@ -125,7 +147,8 @@ class GPPredictor:
 
 
 def gp_inference(k_train_train: Any, y_train: ArrayLike, diag_reg: float | jax.Array = 0.0,
-                 diag_reg_absolute_scale: bool = False, trace_axes: TraceAxes = (-1,)) -> GPPredictor:
+                 diag_reg_absolute_scale: bool = False, trace_axes: TraceAxes = (-1,),
+                 solver: Solver = "cholesky") -> GPPredictor:
     r"""Posterior mean (and covariance) on test points of the NNGP, NTK and NTK-GP Gaussian processes.
 
     With train-train kernels `K` (NNGP) and `Θ` (NTK), a ridge `ε` (`K̃ = K + εI`, `Θ̃ = Θ + εI`, `ε = diag_reg`
@@ -160,6 +183,12 @@ def gp_inference(k_train_train: Any, y_train: ArrayLike, diag_reg: float | jax.A
       diag_reg: ridge `ε ≥ 0`, relative to the mean diagonal unless `diag_reg_absolute_scale`.
       diag_reg_absolute_scale: take `diag_reg` in absolute units.
       trace_axes: output axes the kernels were traced over.
+      solver: how `K̃ x = b` is solved: `"cholesky"` (default: one factorization per kernel, pure under
+        `jit`/`grad`), `"cg"` / `"auto"` (`ntkit.solve.kernel_ridge`: conjugate gradients with a Nyström
+        preconditioner, for large `N`), or an `ntkit.solve.SolverOptions`. An iterative solver needs concrete
+        train kernels and targets (the posterior mean `K(x,X) α` may still be jitted over the test kernel: `α` is
+        solved once and kept); covariances then solve with `N_test` right-hand sides and need a concrete test
+        kernel too.
 
     Returns:
       A `GPPredictor` `predict_fn(get=None, k_test_train=None, k_test_test=None)`. `get` is `"nngp"`, `"ntk"`,
@@ -191,4 +220,4 @@ def gp_inference(k_train_train: Any, y_train: ArrayLike, diag_reg: float | jax.A
         y_train = check_array(y_train, "y_train")
     diag_reg = check_scalar(diag_reg, "diag_reg")
     layout = target_layout(y_train.shape, trace_axes)
-    return GPPredictor(k_train_train, y_train, layout, diag_reg, diag_reg_absolute_scale)
+    return GPPredictor(k_train_train, y_train, layout, diag_reg, diag_reg_absolute_scale, check_solver(solver))
