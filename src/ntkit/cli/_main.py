@@ -15,6 +15,7 @@ _DATASETS = ("digits", "iris", "wine", "breast_cancer")
 # under its name) and `run(args) -> int` (the exit status). Modules are imported to build the parser, so keep their
 # top level light (no JAX, scikit-learn or matplotlib imports there).
 _COMMAND_MODULES: dict[str, str] = {
+    "analyze": "._analyze_command",
     "kernel": "._kernel_command",
     "fit": "._fit_command",
 }

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -212,8 +213,8 @@ def check_writable(out: str | Path) -> Path:
     return out
 
 
-def write_report(metrics: dict, out: str | Path) -> list[Path]:
-    """Writes `metrics.json`, `report.md` and the PNG plots into the folder `out` as a unit; returns the paths.
+def write_folder(out: str | Path, write_files: Callable[[Path], list[str]]) -> list[Path]:
+    """Runs `write_files(folder) -> file names` on a new folder that then replaces `out` as a unit; returns the paths.
 
     Everything is written into a new folder beside `out`, which then replaces `out` by two renames (the previous
     report moved aside, the new one moved in, the previous one deleted): a process killed at any moment leaves the
@@ -226,7 +227,7 @@ def write_report(metrics: dict, out: str | Path) -> list[Path]:
     os.umask(umask)
     stage.chmod(0o777 & ~umask)  # a folder as `mkdir` would make it, not mkdtemp's owner-only one
     try:
-        names = _write_files(metrics, stage)
+        names = write_files(stage)
         previous = None
         if out.exists():
             previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -238,6 +239,12 @@ def write_report(metrics: dict, out: str | Path) -> list[Path]:
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
     return [out / name for name in names]
+
+
+def write_report(metrics: dict, out: str | Path) -> list[Path]:
+    """Writes the demo's `metrics.json`, `report.md` and PNG plots into the folder `out` as a unit (`write_folder`);
+    returns the paths."""
+    return write_folder(out, lambda folder: _write_files(metrics, folder))
 
 
 def _write_files(metrics: dict, out: Path) -> list[str]:
