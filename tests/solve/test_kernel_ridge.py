@@ -121,6 +121,42 @@ def test_lazy_array_is_streamed(problem):
     assert passes <= out.info.iterations + 1 + 40 / N, passes
 
 
+class UpperTiles(CountingArray):
+    """A store holding only the tiles on and above the diagonal (`ntkit.jobs`' symmetric jobs). Strict: only whole
+    stored tiles may be read (lower ones read as NaN), so a product must mirror them itself, reading each stored
+    tile once. Otherwise it reads any block, as `ntkit.jobs.open` does by mirroring."""
+
+    def __init__(self, a, tile, strict):
+        super().__init__(a)
+        self.upper_tile, self.strict = tile, strict
+
+    def __getitem__(self, index):
+        block = super().__getitem__(index)
+        if self.strict:
+            rows, cols = index
+            assert rows.start % self.upper_tile == 0 and cols.start % self.upper_tile == 0, "reads whole tiles"
+            if rows.start > cols.start:
+                block[:] = np.nan
+        return block
+
+
+def test_symmetric_store_is_read_once_per_product(problem):
+    _, k, y, ridge, exact, cond = problem
+    tile = 64  # N = 300: a ragged last tile
+    upper = UpperTiles(k, tile, strict=True)
+    v = np.random.default_rng(3).normal(size=(N, 2))
+    np.testing.assert_allclose(matmul(upper, v), k @ v, rtol=1e-12, atol=1e-12 * np.abs(k).max())
+    n_tiles = -(-N // tile)
+    assert len(upper.reads) == n_tiles * (n_tiles + 1) // 2  # each stored tile once
+    lazy = UpperTiles(k, tile, strict=False)
+    out = kernel_ridge(lazy, y, ridge, method="cg", rank=50, tol=1e-9)
+    _check(out, exact, np.float64, cond, 1e-9)
+    # per product the stored tiles (half the matrix and half the diagonal tiles); besides, at most one pass for the
+    # diagonal, one for the pivot rows and one for the preconditioner's check
+    per_product = (N * N + sum(min(tile, N - i) ** 2 for i in range(0, N, tile))) / 2
+    assert sum(lazy.reads) <= (out.info.iterations + 1) * per_product + 3 * N * N
+
+
 def test_zarr_array(problem, tmp_path):
     zarr = pytest.importorskip("zarr")
     _, k, y, ridge, exact, cond = problem

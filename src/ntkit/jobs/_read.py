@@ -152,6 +152,13 @@ class KernelArray:
                 out = out[np.ix_(rows - r0, cols - c0)]
         return out.squeeze(axis=tuple(squeeze)) if squeeze else out
 
+    @property
+    def upper_tile(self) -> int | None:
+        """The tile size when only the tiles on and above the diagonal are stored (a symmetric job), else None: a
+        reader multiplying by the whole matrix can then read each stored tile once and use it twice
+        (`ntkit.solve` does)."""
+        return self.identity.tile if self.identity.symmetric else None
+
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """The block `[r0:r1, c0:c1]`: one read, or for a symmetric job one read per tile, lower tiles mirrored."""
         array = self._zarr()

@@ -85,10 +85,28 @@ class Lazy:
     def matmul(self, v: np.ndarray) -> np.ndarray:
         n1, n2 = self.shape
         v = v.astype(self.dtype, copy=False)
+        tile = getattr(self.k, "upper_tile", None)
+        if isinstance(tile, int) and tile > 0 and n1 == n2:
+            return self._symmetric_matmul(v, tile)
         out = np.empty((n1,) + v.shape[1:], self.dtype)
         for i0 in range(0, n1, self.block_rows):
             i1 = min(i0 + self.block_rows, n1)
             out[i0:i1] = self._read(i0, i1, 0, n2) @ v
+        return out
+
+    def _symmetric_matmul(self, v: np.ndarray, tile: int) -> np.ndarray:
+        """`K V` for a store holding only the tiles on and above the diagonal (`k.upper_tile`): each stored tile is
+        read once and used for its block and the mirrored one, half the reading of a pass by row blocks."""
+        n = self.shape[0]
+        out = np.zeros((n,) + v.shape[1:], self.dtype)
+        for i0 in range(0, n, tile):
+            i1 = min(i0 + tile, n)
+            for j0 in range(i0, n, tile):
+                j1 = min(j0 + tile, n)
+                block = self._read(i0, i1, j0, j1)
+                out[i0:i1] += block @ v[j0:j1]
+                if j0 != i0:
+                    out[j0:j1] += block.T @ v[i0:i1]
         return out
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
