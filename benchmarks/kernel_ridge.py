@@ -9,12 +9,16 @@ Cases:
   large   N (default 100,000) points of the same task, float32, solved matrix-free: a `KernelOperator` recomputes
           the kernel tile by tile at every CG product (nothing N × N is ever stored). Reports time, iterations
           and peak memory (`resource.getrusage`).
+  store   N (default 100,000) points of the same task, float32: the kernel computed once by `ntkit.jobs.kernel_job`
+          into a Zarr store on disk (only tiles on and above the diagonal), then solved by CG reading the store
+          (`ntkit.jobs.open`; each stored tile read once per product). Reports the job's time and store size, the
+          solve's time, iterations and the peak memory of the process.
 
 The kernel computation is timed apart from the solves. Runs in float64 (`jax_enable_x64`, set here for the
 benchmark process only).
 
-Usage: python benchmarks/kernel_ridge.py --out benchmarks/results [--cases dense,large] [--n 20000]
-       [--n-large 100000] [--quick]
+Usage: python benchmarks/kernel_ridge.py --out benchmarks/results [--cases dense,large,store] [--n 20000]
+       [--n-large 100000] [--store-dir DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import platform
 import resource
 import time
 
-CASES = ("dense", "large")
+CASES = ("dense", "large", "store")
 D = 16
 
 
@@ -100,6 +104,39 @@ def _large(n: int, n_test: int, rank: int, block: int, maxiter: int) -> dict:
             "peak_rss_gb": round(_peak_rss_gb(), 2)}
 
 
+def _store(n: int, n_test: int, rank: int, tile: int, maxiter: int, store_dir: str) -> dict:
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from ntkit import jobs
+    from ntkit.solve import KernelOperator, kernel_ridge, matmul
+
+    kernel_fn = _kernel_fn()
+    x, y, x_test, y_test = _task(n, n_test, np.float32)
+    folder = tempfile.mkdtemp(prefix="ntkit-kernel-ridge-", dir=store_dir)
+    store = os.path.join(folder, "k.zarr")
+    try:
+        start = time.perf_counter()
+        jobs.kernel_job(kernel_fn, x, store=store, get="ntk", tile=tile, progress=False)
+        job_s = time.perf_counter() - start
+        size_gb = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(store) for f in fs) / 2**30
+        k = jobs.open(store, get="ntk")
+        start = time.perf_counter()
+        ridge = 1e-3 * float(np.mean([k[i, i] for i in range(0, n, max(1, n // 1000))]))
+        result = kernel_ridge(k, y, ridge, method="cg", rank=rank, maxiter=maxiter, not_converged="warn")
+        solve_s = time.perf_counter() - start
+        pred = np.asarray(matmul(KernelOperator(kernel_fn, x_test, x, get="ntk", block_size=4096), result.weights))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"n_train": n, "n_test": n_test, "dtype": "float32", "ridge": ridge, "tile": tile,
+            "job_s": round(job_s, 1), "store_gb": round(size_gb, 2), "solve_s": round(solve_s, 1),
+            "iterations": result.info.iterations, "rank": result.info.rank, "tol": result.info.tol,
+            "converged": result.info.converged, "residual": result.info.residual,
+            "test_mse": float(np.mean((pred - y_test) ** 2)), "peak_rss_gb": round(_peak_rss_gb(), 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results")
@@ -110,6 +147,9 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-6, help="CG tolerance of the dense case")
     parser.add_argument("--block", type=int, default=4096, help="tile size of the matrix-free case")
     parser.add_argument("--maxiter", type=int, default=300, help="CG iterations of the matrix-free case at most")
+    parser.add_argument("--tile", type=int, default=4096, help="tile of the store case's kernel job")
+    parser.add_argument("--store-dir", default=None, help="where the store case writes its Zarr store (a temporary "
+                                                         "folder in it, deleted after; default the system's)")
     parser.add_argument("--quick", action="store_true", help="N = 2,000 and 5,000")
     args = parser.parse_args()
     import jax
@@ -125,6 +165,8 @@ def main() -> None:
             results[case] = _dense(args.n, 2000, args.rank, args.tol)
         elif case == "large":
             results[case] = _large(args.n_large, 2000, args.rank, args.block, args.maxiter)
+        elif case == "store":
+            results[case] = _store(args.n_large, 2000, args.rank, args.tile, args.maxiter, args.store_dir)
         else:
             raise SystemExit(f"unknown case {case!r}; choose from {CASES}")
         print(json.dumps(results[case], indent=1), flush=True)
