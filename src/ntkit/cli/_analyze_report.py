@@ -71,8 +71,8 @@ def _catapult_words(cat: dict) -> str:
 def _phase_words(init: dict, c: dict) -> str:
     if not init["available"]:
         return f"Initialization: {init['reason']}."
-    which = ("The network is a plain MLP" if init["plain_mlp"] else
-             f"Your architecture is not a plain MLP ({c['architecture']}): the phase below is that of a deep MLP "
+    which = ("the network is a plain MLP" if init["plain_mlp"] else
+             f"your architecture is not a plain MLP ({c['architecture']}): the phase below is that of a deep MLP "
              f"made of its activation {init['activation']} and its first Dense layer's σ_w, σ_b")
     phase = init["phase"]
     text = (f"Initialization: {which}; at σ_w = {init['W_std']:.4g}, σ_b = {init['b_std']:.4g} the "
