@@ -20,6 +20,8 @@ from . import nn as nn
 from . import predict as predict
 from . import solve as solve
 from ._kernel import Kernel as Kernel
+from .empirical import NtkImplementation as NtkImplementation
+from .empirical import batch as batch
 from .empirical import empirical_kernel_fn as empirical_kernel_fn
 from .empirical import empirical_nngp_fn as empirical_nngp_fn
 from .empirical import empirical_ntk_fn as empirical_ntk_fn

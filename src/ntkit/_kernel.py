@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 Get = Literal["nngp", "ntk"]
 GETS: tuple[Get, ...] = ("nngp", "ntk")
+STATE_GETS: tuple[str, ...] = GETS + (
+    "cov1", "cov2", "shape1", "shape2", "x1_is_x2", "is_gaussian", "is_reversed", "is_input", "diagonal_batch",
+    "diagonal_spatial", "batch_axis", "channel_axis", "mask1", "mask2")
+"""What `get` may name of an analytic kernel function: neural-tangents' `Kernel` fields."""
 
 
 class Kernel(NamedTuple):
@@ -35,6 +41,13 @@ def parse_get(get: Any, allowed: tuple[str, ...] = GETS, allow_none: bool = Fals
         also = ", or None" if allow_none else ""
         raise ValueError(f"`get` must be one of {allowed}, a tuple of them without repeats{also}; got {get!r}.")
     return gets, single
+
+
+@functools.cache
+def fields_tuple(fields: tuple[str, ...]) -> type:
+    """A named tuple type `Kernel` with these fields, for a `get` naming fields other than `nngp` and `ntk` (as
+    neural-tangents returns for `get=("nngp", "cov1")`)."""
+    return collections.namedtuple("Kernel", fields)
 
 
 def select(values: Mapping[str, Any], gets: tuple[str, ...], single: bool) -> Any:

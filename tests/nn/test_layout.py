@@ -105,8 +105,8 @@ COV_NETWORKS = {
         4, 4, 4, 1, linear_scaling=False, attention_mechanism="IDENTITY"), stax.GlobalAvgPool()), COV_DIAGONAL),
     "pooled_branch": (lambda: stax.serial(  # the pooled branch drops the diagonal covariances, the sum follows
         stax.Conv(4, (3, 3)), stax.Relu(), stax.FanOut(2),
-        stax.parallel(stax.Identity(), stax.AvgPool((3, 3), padding="SAME")), stax.FanInSum(),
-        stax.GlobalAvgPool(), stax.Dense(1)), COV_DIAGONAL),
+        stax.parallel(stax.Conv(4, (1, 1)), stax.serial(stax.AvgPool((3, 3), padding="SAME"), stax.Conv(4, (1, 1)))),
+        stax.FanInSum(), stax.GlobalAvgPool(), stax.Dense(1)), COV_DIAGONAL),
     "flatten": (lambda: stax.serial(stax.Conv(4, (3, 3)), stax.Relu(), stax.Flatten(), stax.Dense(1)),
                 COV_DIAGONAL),
     "gap_then_relu": (lambda: stax.serial(stax.Conv(4, (3, 3)), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(4),
@@ -185,12 +185,12 @@ def test_large_symmetric_calls_compute_one_triangle(dtype, monkeypatch):
     assert sizes == [4]
     assert_close(out.nngp, reference.nngp, dtype, scale=10)
     assert_close(out.ntk, reference.ntk, dtype, scale=10)
-    traced = jax.jit(lambda a: net.kernel(a, None, "ntk"))(x)  # traced inputs are never tiled
-    assert sizes == [4]
+    traced = jax.jit(lambda a: net.kernel(a, None, "ntk"))(x)  # traced inputs are split as plain ones are
+    assert sizes == [4, 4]
     assert_close(traced, reference.ntk, dtype, scale=10)
     # closed-over inputs under an outer jit: the tiles are tracers and are assembled as such
     scaled = jax.jit(lambda s: s * net.kernel(x, None, "ntk"))(jnp.asarray(2.0, dtype))
-    assert sizes == [4, 4]
+    assert sizes == [4, 4, 4]
     assert_close(scaled, 2 * reference.ntk, dtype, scale=10)
     tiled_in_jit = jax.jit(lambda s: s * net.kernel(x, x, "nngp", batch_size=3))(jnp.asarray(1.0, dtype))
     assert_close(tiled_in_jit, reference.nngp, dtype, scale=10)

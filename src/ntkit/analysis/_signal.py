@@ -70,6 +70,9 @@ def check_activation(activation: Any) -> Elementwise:
 
 
 def _fn(layer: Elementwise) -> Callable[..., Any]:
+    if layer.fn is None:
+        raise ValueError(f"`activation` {layer.name or 'Elementwise'} is kernel-only (`fn=None`) and lacks the closed "
+                         "form needed here; give it `fn` (for quadrature) or both `nngp_fn` and `d_nngp_fn`.")
     return cast(Callable[..., Any], layer.fn)
 
 

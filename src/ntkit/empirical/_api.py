@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
@@ -18,7 +19,7 @@ from .._memory import memory_budget_bytes
 from .._tiling import Tiles
 from ._cost import rank_implementations
 from ._jacobian import jacobian_kernel
-from ._model import Model, output_shape
+from ._model import Examples, Model, output_shape
 from ._ntvp import ntk_vp, ntvp_kernel
 from ._structured import structured_kernel, structured_supported
 
@@ -26,15 +27,39 @@ logger = logging.getLogger("ntkit.empirical")
 
 Implementation = Literal["auto", "jacobian", "ntvp", "structured"]
 _IMPLEMENTATIONS: tuple[Implementation, ...] = ("auto", "jacobian", "ntvp", "structured")
-# neural-tangents' integer codes: 0 AUTO, 1 JACOBIAN_CONTRACTION, 2 NTK_VECTOR_PRODUCTS, 3 STRUCTURED_DERIVATIVES.
-_IMPLEMENTATION_CODES: dict[int, Implementation] = dict(enumerate(_IMPLEMENTATIONS))
+
+
+class NtkImplementation(enum.IntEnum):
+    """neural-tangents' codes for `implementation=`, accepted wherever ntkit takes the strings.
+
+    `AUTO` (0) is `"auto"`, `JACOBIAN_CONTRACTION` (1) `"jacobian"`, `NTK_VECTOR_PRODUCTS` (2) `"ntvp"`,
+    `STRUCTURED_DERIVATIVES` (3) `"structured"`; the plain integers work too.
+
+    Example:
+      >>> import ntkit
+      >>> ntkit.NtkImplementation.STRUCTURED_DERIVATIVES.name_in_ntkit
+      'structured'
+    """
+
+    AUTO = 0
+    JACOBIAN_CONTRACTION = 1
+    NTK_VECTOR_PRODUCTS = 2
+    STRUCTURED_DERIVATIVES = 3
+
+    @property
+    def name_in_ntkit(self) -> Implementation:
+        """The string ntkit uses for this implementation."""
+        return _IMPLEMENTATIONS[self.value]
+
+
+_IMPLEMENTATION_CODES: dict[int, Implementation] = {int(code): code.name_in_ntkit for code in NtkImplementation}
 
 
 def _canonical_implementation(implementation: Any) -> Implementation:
-    if isinstance(implementation, int) and not isinstance(implementation, bool):
+    if isinstance(implementation, int | np.integer) and not isinstance(implementation, bool):
         if implementation not in _IMPLEMENTATION_CODES:
             raise ValueError(f"`implementation` code must be 0-3, got {implementation}.")
-        return _IMPLEMENTATION_CODES[implementation]
+        return _IMPLEMENTATION_CODES[int(implementation)]
     if implementation not in _IMPLEMENTATIONS:
         raise ValueError(f"`implementation` must be one of {_IMPLEMENTATIONS} or 0-3, got {implementation!r}.")
     return implementation
@@ -104,6 +129,34 @@ def _check_examples_independent(model: Model, x: Any, params: Any, kwargs: dict[
             "batch: compute it without `batch_size`, or make examples independent and pass `vmap_axes=0`.")
 
 
+def _inputs(x: Any, name: str) -> Any:
+    """One input array, or `Examples` wrapping a tuple, list or dict of them (neural-tangents' pytree inputs)."""
+    if not isinstance(x, tuple | list | dict):
+        return _checks.check_array(x, name, min_ndim=1, nonempty=True)
+    paths = jax.tree_util.tree_flatten_with_path(x)[0]
+    if not paths:
+        raise ValueError(f"`{name}` is an empty pytree; pass at least one input array.")
+    checked = [_checks.check_array(leaf, name + jax.tree_util.keystr(path), min_ndim=1, nonempty=True)
+               for path, leaf in paths]
+    sizes = {leaf.shape[0] for leaf in checked}
+    if len(sizes) != 1:
+        raise ValueError(f"the arrays of `{name}` must have the same number of examples (axis 0), got "
+                         f"{[leaf.shape[0] for leaf in checked]}.")
+    return Examples(jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(x), checked))
+
+
+def _same_features(x1: Any, x2: Any) -> None:
+    if isinstance(x1, Examples) != isinstance(x2, Examples):
+        raise ValueError("`x1` and `x2` must both be arrays or both pytrees of arrays.")
+    if not isinstance(x1, Examples):
+        _checks.check_same_features(x1, x2)
+        return
+    if str(jax.tree_util.tree_structure(x1.tree)) != str(jax.tree_util.tree_structure(x2.tree)):
+        raise ValueError("`x1` and `x2` must be pytrees of the same structure.")
+    for a, b in zip(jax.tree_util.tree_leaves(x1.tree), jax.tree_util.tree_leaves(x2.tree), strict=True):
+        _checks.check_same_features(a, b)
+
+
 class _Engine:
     """What the three factories share: validation, the choice of implementation, tiling and `get`."""
 
@@ -124,7 +177,13 @@ class _Engine:
         """The implementation that runs on blocks `(x1, x2)`: `"auto"` resolved by the cost model and checked
         against what XLA allocates, and `"structured"` replaced by `"jacobian"` (with a debug log) when the model
         has no structure to exploit."""
-        key = (self.implementation, layout, x1.shape, None if x2 is None else x2.shape, str(x1.dtype),
+        def shapes(x: Any) -> Any:
+            if isinstance(x, Examples):
+                leaves, treedef = jax.tree_util.tree_flatten(x.tree)
+                return treedef, tuple(leaf.shape for leaf in leaves)
+            return x.shape
+
+        key = (self.implementation, layout, shapes(x1), None if x2 is None else shapes(x2), str(x1.dtype),
                tuple(jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(params)),
                tuple(sorted(kwargs)))
         if key not in self._auto_cache:
@@ -135,6 +194,9 @@ class _Engine:
         return self._auto_cache[key]
 
     def _supported(self, choice: str, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> str:
+        if choice == "structured" and isinstance(x1, Examples):
+            logger.debug("structured derivatives take one input array: using 'jacobian' for a pytree of inputs.")
+            return "jacobian"
         if choice == "structured" and not structured_supported(self.model, x1, x2, params, kwargs):
             logger.debug("structured derivatives do not apply to this model (a parameter is returned by f "
                          "unchanged, or f's traced program differs between x1 and x2): using 'jacobian'.")
@@ -146,6 +208,8 @@ class _Engine:
         """The cost model's ranking, best first; the first whose compiled program (what XLA really allocates:
         arguments, outputs and temporaries) fits in the memory budget wins, else the least hungry. Compiling here
         costs nothing extra: the call that follows reuses the compiled program."""
+        if isinstance(x1, Examples):  # the cost model reads one input array
+            return "jacobian"
         budget = memory_budget_bytes()
         ranked = list(dict.fromkeys(self._supported(c, x1, x2, params, kwargs) for c in
                                     rank_implementations(self.model, layout, x1, x2, params, kwargs, budget)))
@@ -162,10 +226,10 @@ class _Engine:
         return min(needs, key=lambda c: needs[c])
 
     def prepare(self, x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, KernelLayout]:
-        x1 = _checks.check_array(x1, "x1", min_ndim=1, nonempty=True)
+        x1 = _inputs(x1, "x1")
         if x2 is not None:
-            x2 = _checks.check_array(x2, "x2", min_ndim=1, nonempty=True)
-            _checks.check_same_features(x1, x2)
+            x2 = _inputs(x2, "x2")
+            _same_features(x1, x2)
         _checks.check_params(params)
         out_shape = output_shape(self.model, params, x1, kwargs)
         if x2 is not None:
@@ -286,7 +350,8 @@ def empirical_kernel_fn(
         stored), `"structured"` (structured derivatives: dense and convolutional layers through small Gram
         matrices, Novak et al. 2022), or `"auto"`, which estimates every method's FLOPs and memory from the shapes
         of `f`'s traced program and picks the cheapest that fits in half the machine's memory (see
-        docs/empirical.md). The integers 0–3 of neural-tangents (auto, jacobian, ntvp, structured) are accepted.
+        docs/empirical.md). neural-tangents' `NtkImplementation` codes (`ntkit.NtkImplementation`, or the
+        integers 0–3: auto, jacobian, ntvp, structured) are accepted.
       batch_size: tile `x1` and `x2` into blocks of this many examples, bounding peak memory; tiled and untiled
         results agree. Can also be passed to the returned function.
 

@@ -1,4 +1,5 @@
-"""A user model `f(params, x, **kwargs)` seen one example at a time or as a whole batch."""
+"""A user model `f(params, x, **kwargs)` seen one example at a time or as a whole batch, and `Examples`, the batch
+of a model taking a pytree of inputs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,48 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+
+
+@jax.tree_util.register_pytree_node_class
+class Examples:
+    """A pytree of input arrays sharing the batch axis 0 (`(x_a, x_b)` of a two-input model), indexed and sized
+    along that axis like one array, so the implementations tile, vmap and slice it unchanged."""
+
+    def __init__(self, tree: Any):
+        self.tree = tree
+
+    def tree_flatten(self) -> tuple[list[Any], Any]:
+        leaves, treedef = jax.tree_util.tree_flatten(self.tree)
+        return leaves, treedef
+
+    @classmethod
+    def tree_unflatten(cls, treedef: Any, leaves: Any) -> Examples:
+        return cls(jax.tree_util.tree_unflatten(treedef, leaves))
+
+    def __getitem__(self, index: Any) -> Examples:
+        return Examples(jax.tree_util.tree_map(lambda leaf: leaf[index], self.tree))
+
+    @property
+    def _first(self) -> Any:
+        return jax.tree_util.tree_leaves(self.tree)[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """`(N,)`: the number of examples (the other axes differ between leaves)."""
+        return (self._first.shape[0],)
+
+    @property
+    def dtype(self) -> Any:
+        return self._first.dtype
+
+    def shapes(self) -> Any:
+        """The pytree of the leaves' shapes."""
+        return jax.tree_util.tree_map(lambda leaf: tuple(leaf.shape), self.tree)
+
+
+def unwrap(x: Any) -> Any:
+    """What `f` takes: the pytree inside `Examples`, or `x` itself."""
+    return x.tree if isinstance(x, Examples) else x
 
 
 @dataclass(frozen=True)
@@ -22,11 +65,11 @@ class Model:
     per_example: bool
 
     def batch(self, params, x, kwargs):
-        return self.f(params, x, **kwargs)
+        return self.f(params, unwrap(x), **kwargs)
 
     def single(self, params, x, kwargs):
         """`f` on one example `x` (no batch axis); the batch axis is added and removed around the call."""
-        return self.f(params, x[None], **kwargs)[0]
+        return self.f(params, unwrap(x[None]), **kwargs)[0]
 
     def outputs(self, params, x, kwargs):
         """`f` on the batch `x` as every implementation sees it: one example at a time when `per_example` (so a
@@ -45,7 +88,8 @@ def output_shape(model: Model, params, x, kwargs) -> tuple[int, ...]:
         )
     if len(out.shape) == 0 or out.shape[0] != x.shape[0]:
         raise ValueError(
-            f"`f(params, x)` must return an array with the batch axis first: for x of shape {x.shape} "
+            f"`f(params, x)` must return an array with the batch axis first: for x of shape "
+            f"{x.shapes() if isinstance(x, Examples) else x.shape} "
             f"it returned shape {out.shape}."
         )
     return tuple(out.shape)

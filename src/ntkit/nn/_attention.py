@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from ._axes import check_axis_argument, check_layout
 from ._layer import Layer
 from ._state import CovLevel, check_state, drop_diagonal_covariances, mixing_cov_needs
 
@@ -52,8 +54,21 @@ class GlobalSelfAttention(Layer):
     W_out_std: float = 1.0
     b_std: float | None = None
     attention_mechanism: Literal["SOFTMAX", "IDENTITY"] = "SOFTMAX"
+    pos_emb_type: str = "NONE"
+    pos_emb_p_norm: float = 2
+    pos_emb_decay_fn: Callable | None = None
+    n_chan_pos_emb: int | None = None
+    W_pos_emb_std: float = 1.0
+    val_pos_emb: bool = False
+    batch_axis: int = 0
+    channel_axis: int = -1
 
     def __post_init__(self):
+        if str(self.pos_emb_type).upper() != "NONE":
+            raise NotImplementedError(f"GlobalSelfAttention: positional embeddings (`pos_emb_type="
+                                      f"{self.pos_emb_type!r}`) are not supported by ntkit; use 'NONE'.")
+        check_axis_argument(self.batch_axis, "batch_axis", "GlobalSelfAttention")
+        check_axis_argument(self.channel_axis, "channel_axis", "GlobalSelfAttention")
         mechanism = str(self.attention_mechanism).upper()
         if mechanism not in _MECHANISMS:
             raise ValueError(f"`attention_mechanism` must be one of {_MECHANISMS}, got {self.attention_mechanism!r}.")
@@ -61,6 +76,7 @@ class GlobalSelfAttention(Layer):
 
     def init(self, key, input_shape):
         input_shape = tuple(input_shape)
+        check_layout(self.batch_axis, self.channel_axis, len(input_shape), "GlobalSelfAttention")
         if len(input_shape) < 3:
             raise ValueError(f"GlobalSelfAttention needs inputs (N, *spatial, C), got shape {input_shape}.")
         c = input_shape[-1]
@@ -88,11 +104,12 @@ class GlobalSelfAttention(Layer):
         heads = jnp.einsum("nhpq,nhqv->nphv", attn, v).reshape(shape[0], x.shape[1], -1)
         out = self.W_out_std / math.sqrt(heads.shape[-1]) * heads @ wo
         if b is not None:
-            out = out + self.b_std * b
+            out = out + self.b_std * b.reshape(1, 1, -1)
         return jnp.reshape(out, shape[:-1] + (self.n_chan_out,))
 
     def transform(self, k, **kwargs):
         k = check_state(k, "GlobalSelfAttention")
+        check_layout(self.batch_axis, self.channel_axis, len(k.shape1), "GlobalSelfAttention")
         if not self.linear_scaling and self.attention_mechanism == "SOFTMAX":
             raise NotImplementedError("GlobalSelfAttention with softmax and `linear_scaling=False` has Gaussian "
                                       "attention logits at infinite width and no closed-form kernel; use "

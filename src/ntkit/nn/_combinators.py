@@ -7,14 +7,25 @@ A list of kernel states (one per branch) flows between `FanOut`/`parallel` and a
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from .._kwargs import fold_rng
 from ._driver import fused_segments
+from ._elementwise import Elementwise, cross_expectations
 from ._layer import Layer
-from ._state import CovLevel, KernelState, align_covariances, check_state
+from ._state import (
+    COV_DIAGONAL,
+    CovLevel,
+    KernelState,
+    align_covariances,
+    check_state,
+    cross_variances,
+    diagonal_variances,
+    self_variances,
+)
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -45,11 +56,15 @@ class serial(Layer):  # noqa: N801 -- stax name
         return x
 
     def transform(self, k, **kwargs):
-        for i, layer in enumerate(self.layers):
+        for layer, path in self.flat_layers():
+            sub = kwargs
+            for i in path:
+                sub = fold_rng(sub, i)
             try:
-                k = layer.transform(k, **fold_rng(kwargs, i))
+                k = layer.transform(k, **sub)
             except ValueError as err:
-                raise ValueError(f"serial: layer {i} ({type(layer).__name__}): {err}") from err
+                where = ".".join(map(str, path))
+                raise ValueError(f"serial: layer {where} ({type(layer).__name__}): {err}") from err
         return k
 
     def needs_full(self, out_full: bool) -> bool:
@@ -71,7 +86,7 @@ class serial(Layer):  # noqa: N801 -- stax name
                 out += [(sub, (i, *path)) for sub, path in layer.flat_layers()]
             else:
                 out.append((layer, (i,)))
-        return out
+        return _fuse_elementwise_sums(out)
 
     def compiled_steps(self) -> list[tuple[tuple[Layer, ...], tuple[tuple[int, ...], ...]]]:
         """One compiled step per layer, or per affine layer with the nonlinearity after it, nested `serial`s
@@ -144,6 +159,8 @@ class FanOut(Layer):
 class Identity(Layer):
     """`x ↦ x`, kernel unchanged (the skip branch of a residual block)."""
 
+    weight_free: ClassVar[bool] = True
+
     def init(self, key, input_shape):
         return input_shape, ()
 
@@ -173,7 +190,15 @@ def _sum_opt(arrays):
 
 @dataclasses.dataclass(frozen=True)
 class FanInSum(Layer):
-    """Sum of branches; with independent branches `Σ = Σ_b Σ_b`, `Θ = Σ_b Θ_b`."""
+    """Sum of branches; with independent branches `Σ = Σ_b Σ_b`, `Θ = Σ_b Θ_b`.
+
+    Branches must be independent with mean zero for their kernels to add: end each with a `Dense`/`Conv` (Gaussian
+    output), except at most one. Two or more non-Gaussian branches (nonlinearities of a shared input, correlated
+    and not mean-zero) raise a `ValueError`, except the pattern `FanOut(n), parallel(φ_1, ..., φ_n), FanInSum()`
+    inside a `serial` with every branch an elementwise nonlinearity or `Identity`: that is the nonlinearity
+    `Σ_b φ_b`, whose kernel `Σ_bc E[φ_b(u) φ_c(v)]` is computed with the cross terms (closed forms for the ReLU
+    family and the identity, quadrature otherwise).
+    """
 
     def init(self, key, input_shape):
         _same_shapes(input_shape, "FanInSum")
@@ -185,9 +210,121 @@ class FanInSum(Layer):
     def transform(self, k, **kwargs):
         ks = _branches(k, "FanInSum")
         _same_shapes([s.shape1 for s in ks], "FanInSum")
+        loose = [i for i, s in enumerate(ks) if not s.is_gaussian and not s.is_input]
+        if len(loose) > 1:
+            raise ValueError(
+                f"FanInSum: branches {loose} are not Gaussian (they end in a nonlinearity), so their sum's kernel "
+                "needs their cross-covariances and means, which are not tracked. End each branch but one with a "
+                "Dense/Conv layer, or sum elementwise nonlinearities of one shared input as "
+                "`FanOut(n), parallel(φ_1, ..., φ_n), FanInSum()` in a serial (computed exactly).")
         return ks[0].replace(nngp=_sum_opt([s.nngp for s in ks]), ntk=_sum_opt([s.ntk for s in ks]),
                              cov1=_sum_opt([s.cov1 for s in ks]), cov2=_sum_opt([s.cov2 for s in ks]),
                              is_gaussian=all(s.is_gaussian for s in ks), is_input=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class SumOfElementwise(Layer):
+    """Kernel of `FanOut(n), parallel(φ_1, ..., φ_n), FanInSum()` on a Gaussian input: the nonlinearity `Σ_b φ_b`.
+
+    `Σ' = Σ_bc E[φ_b(u) φ_c(v)]`, `Θ' = Θ Σ_bc E[φ_b'(u) φ_c'(v)]` (`branches[b]` is an `Elementwise` layer or
+    `None` for `Identity`). `serial` runs this in place of the three layers; `init`/`apply` are theirs.
+    """
+
+    branches: tuple[Elementwise | None, ...]
+
+    pointwise: ClassVar[bool] = True
+
+    def init(self, key, input_shape):
+        raise NotImplementedError("SumOfElementwise is the kernel of FanOut/parallel/FanInSum; use those.")
+
+    def apply(self, params, x, **kwargs):
+        raise NotImplementedError("SumOfElementwise is the kernel of FanOut/parallel/FanInSum; use those.")
+
+    def _expectations(self, cov12, var1, var2, with_derivative):
+        nngp = d_nngp = None
+        for f in self.branches:
+            for g in self.branches:
+                e, d = cross_expectations(f, g, cov12, var1, var2, with_derivative)
+                nngp = e if nngp is None else nngp + e
+                if with_derivative:
+                    d_nngp = d if d_nngp is None else d_nngp + d
+        return nngp, d_nngp
+
+    def transform(self, k, **kwargs):
+        name = "FanInSum"
+        k = check_state(k, name)
+        if not k.is_gaussian:
+            raise ValueError(f"{name} of elementwise branches needs a Gaussian input (the output of a Dense or Conv "
+                             "layer).")
+        d1, d2 = diagonal_variances(k, name)
+        v1, v2 = cross_variances(d1, d2, k)
+        nngp, d_nngp = self._expectations(k.nngp, v1, v2, k.ntk is not None)
+        cov1, cov2 = k.covariances(name)
+        cov1 = self._expectations(cov1, *self_variances(d1, k), False)[0]
+        cov2 = None if cov2 is None else self._expectations(cov2, *self_variances(d2, k), False)[0]
+        return k.replace(nngp=nngp, ntk=None if k.ntk is None else k.ntk * d_nngp, cov1=cov1, cov2=cov2,
+                         is_gaussian=False, is_input=False)
+
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
+        return max(out_level, COV_DIAGONAL)
+
+
+def _elementwise_branch(layer: Layer) -> tuple[bool, Elementwise | None]:
+    """Whether a branch is an elementwise nonlinearity or the identity (possibly in a one-layer `serial`), and which."""
+    while isinstance(layer, serial) and len(layer.layers) == 1:
+        layer = layer.layers[0]
+    if isinstance(layer, Identity) or (isinstance(layer, serial) and not layer.layers):
+        return True, None
+    if isinstance(layer, Elementwise):
+        return True, layer
+    return False, None
+
+
+def _weight_free(layer: Layer) -> bool:
+    """Whether a branch is known to draw no random weights (every layer in it `weight_free`)."""
+    if isinstance(layer, serial | parallel):
+        return all(_weight_free(sub) for sub in layer.layers)
+    return layer.weight_free
+
+
+@dataclasses.dataclass(frozen=True)
+class _CorrelatedFanInSum(FanInSum):
+    """A `FanInSum` after `FanOut` whose branches `shared` draw no weights: deterministic functions of one input,
+    correlated, so adding their kernels would be wrong (e.g. `parallel(Identity(), AvgPool(...))`: 2× off for
+    `parallel(Identity(), Identity())`)."""
+
+    shared: tuple[int, ...] = ()
+
+    def transform(self, k, **kwargs):
+        raise ValueError(
+            f"FanInSum: branches {list(self.shared)} draw no random weights, so they are correlated functions of "
+            "the same input and their kernels do not add (their cross-covariances are not tracked). Give all of "
+            "them but one a Dense/Conv layer of its own, or, for elementwise nonlinearities of one input, write "
+            "`FanOut(n), parallel(φ_1, ..., φ_n), FanInSum()` (computed exactly).")
+
+
+def _fuse_elementwise_sums(flat: list[tuple[Layer, tuple[int, ...]]]) -> list[tuple[Layer, tuple[int, ...]]]:
+    """`FanOut(n), parallel(φ_1, ..., φ_n), FanInSum()` with elementwise/identity branches, at least one
+    nonlinear, becomes one `SumOfElementwise` (the branches are correlated: their kernels do not simply add)."""
+    out: list[tuple[Layer, tuple[int, ...]]] = []
+    i = 0
+    while i < len(flat):
+        window = [layer for layer, _ in flat[i:i + 3]]
+        if (len(window) == 3 and isinstance(window[0], FanOut) and isinstance(window[1], parallel)
+                and isinstance(window[2], FanInSum) and len(window[1].layers) == window[0].num):
+            parsed = [_elementwise_branch(b) for b in window[1].layers]
+            if all(ok for ok, _ in parsed) and any(f is not None for _, f in parsed):
+                out.append((SumOfElementwise(tuple(f for _, f in parsed)), flat[i][1]))
+                i += 3
+                continue
+            shared = [b for b, branch in enumerate(window[1].layers) if _weight_free(branch)]
+            if len(shared) > 1:
+                out += [flat[i], flat[i + 1], (_CorrelatedFanInSum(tuple(shared)), flat[i + 2][1])]
+                i += 3
+                continue
+        out.append(flat[i])
+        i += 1
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,23 +362,48 @@ class FanInProd(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class FanInConcat(Layer):
-    """Concatenation along channels (`axis=-1`): the channel-count-weighted average of the branches' kernels."""
+    """Concatenation of branches along `axis` of the activations `(N, *S, C)`.
+
+    Channels (`axis=-1`): the channel-count-weighted average of the branches' kernels. A spatial axis: the
+    branches' kernels side by side along it, with zero covariance between positions of different branches, which
+    holds for independent mean-zero Gaussian branches only (a `ValueError` otherwise, as in neural-tangents). The
+    batch axis cannot be concatenated (it would mix examples into one kernel entry).
+    """
 
     axis: int = -1
 
     def __post_init__(self):
-        if self.axis != -1:
-            raise ValueError(f"FanInConcat supports the channel axis only (`axis=-1`), got axis={self.axis}.")
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise TypeError(f"FanInConcat: `axis` must be an int, got {self.axis!r}.")
+
+    def _axis(self, ndim: int) -> int:
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(f"FanInConcat: `axis={self.axis}` is out of range for inputs of {ndim} dimensions.")
+        axis = self.axis % ndim
+        if axis == 0:
+            raise ValueError("FanInConcat: `axis` is the batch axis (0); concatenate along channels (-1) or a "
+                             "spatial axis.")
+        return axis
 
     def init(self, key, input_shape):
-        _same_shapes(input_shape, "FanInConcat", ignore_channels=True)
-        return tuple(input_shape[0][:-1]) + (sum(s[-1] for s in input_shape),), ()
+        shapes = [tuple(s) for s in input_shape]
+        axis = self._axis(len(shapes[0]))
+        cut = [s[:axis] + s[axis + 1:] for s in shapes]
+        if any(len(s) != len(shapes[0]) for s in shapes) or any(c != cut[0] for c in cut):
+            raise ValueError(f"FanInConcat: branch shapes must match except along axis {self.axis}: {shapes}.")
+        return shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1:], ()
 
     def apply(self, params, x, **kwargs):
-        return jnp.concatenate(x, axis=-1)
+        return jnp.concatenate(x, axis=self.axis)
 
     def transform(self, k, **kwargs):
         ks = _branches(k, "FanInConcat")
+        axis = self._axis(len(ks[0].shape1))
+        if axis == len(ks[0].shape1) - 1:
+            return self._channels(ks)
+        return self._spatial(ks, axis - 1)
+
+    def _channels(self, ks):
         _same_shapes([s.shape1 for s in ks], "FanInConcat", ignore_channels=True)
         widths = [s.shape1[-1] for s in ks]
         total = sum(widths)
@@ -255,3 +417,40 @@ class FanInConcat(Layer):
                              cov1=mix([s.cov1 for s in ks]), cov2=mix([s.cov2 for s in ks]),
                              shape1=ks[0].shape1[:-1] + (total,), shape2=ks[0].shape2[:-1] + (total,),
                              is_gaussian=all(s.is_gaussian for s in ks), is_input=False)
+
+    def _spatial(self, ks, d: int):
+        """Concatenation along spatial axis `d` (0-based among the spatial axes)."""
+        shapes = [s.shape1 for s in ks]
+        cut = [s[:d + 1] + s[d + 2:] for s in shapes]
+        if any(c != cut[0] for c in cut):
+            raise ValueError(f"FanInConcat: branch shapes must match except along axis {self.axis}: {shapes}.")
+        if not all(s.is_gaussian for s in ks):
+            raise ValueError(f"FanInConcat along spatial axis {self.axis} needs independent Gaussian branches "
+                             "(each ending in a Dense/Conv layer): the covariance between positions of different "
+                             "branches is then zero; for other branches it is not tracked.")
+        k0 = ks[0]
+
+        def join(arrays, n_batch, diagonal):
+            if any(a is None for a in arrays):
+                return None
+            if diagonal:  # one axis per spatial axis: plain concatenation
+                return jnp.concatenate(arrays, axis=n_batch + d)
+            # axes (i, i') for spatial axis d: block diagonal, zero between branches
+            row, col = n_batch + 2 * d, n_batch + 2 * d + 1
+            sizes = [a.shape[col] for a in arrays]
+            blocks = []
+            for b, a in enumerate(arrays):
+                pad = [(0, 0)] * a.ndim
+                pad[col] = (sum(sizes[:b]), sum(sizes[b + 1:]))
+                blocks.append(jnp.pad(a, pad))
+            return jnp.concatenate(blocks, axis=row)
+
+        full = not k0.diagonal_spatial
+        cov_diag = k0.cov_is_diagonal
+        size = sum(s[d + 1] for s in shapes)
+        return k0.replace(
+            nngp=join([s.nngp for s in ks], 2, not full), ntk=join([s.ntk for s in ks], 2, not full),
+            cov1=join([s.cov1 for s in ks], 1, cov_diag), cov2=join([s.cov2 for s in ks], 1, cov_diag),
+            shape1=k0.shape1[:d + 1] + (size,) + k0.shape1[d + 2:],
+            shape2=k0.shape2[:d + 1] + (sum(s.shape2[d + 1] for s in ks),) + k0.shape2[d + 2:],
+            is_gaussian=True, is_input=False)

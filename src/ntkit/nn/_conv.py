@@ -8,7 +8,16 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._dense import Parameterization, affine_kernel, affine_scales, check_parameterization, init_affine
+from ._axes import check_dimension_numbers
+from ._dense import (
+    Parameterization,
+    add_bias,
+    affine_kernel,
+    affine_scales,
+    check_parameterization,
+    check_scales,
+    init_affine,
+)
 from ._layer import Layer
 from ._state import check_state
 from ._windows import Padding, check_padding, check_sizes, out_size, pads, window_sum
@@ -32,7 +41,11 @@ class Conv(Layer):
       padding: `"VALID"`, `"SAME"` (zeros) or `"CIRCULAR"` (wrap-around).
       W_std: `σ_w`, as in `Dense`.
       b_std: `σ_b` or `None` for no bias, as in `Dense`.
+      dimension_numbers: neural-tangents' layout argument: `None` or the channels-last
+        `("N…C", "…IO", "N…C")`; other layouts raise `NotImplementedError`. A string here is taken as
+        `parameterization` (ntkit's earlier positional order).
       parameterization: `"ntk"` or `"standard"`, as in `Dense`.
+      s: `(s_in, s_out)` width scales of the standard parameterization, as in `Dense`.
 
     Example:
       >>> import jax.numpy as jnp, ntkit.nn as stax
@@ -47,10 +60,19 @@ class Conv(Layer):
     padding: Padding = "VALID"
     W_std: float = 1.0
     b_std: float | None = None
+    dimension_numbers: tuple[str, str, str] | None = None
     parameterization: Parameterization = "ntk"
+    s: tuple[int, int] = (1, 1)
 
     def __post_init__(self):
+        if isinstance(self.dimension_numbers, str):  # ntkit's former seventh positional argument
+            object.__setattr__(self, "parameterization", self.dimension_numbers)
+            object.__setattr__(self, "dimension_numbers", None)
+        object.__setattr__(self, "parameterization", str(self.parameterization).lower())
         check_parameterization(self.parameterization)
+        object.__setattr__(self, "s", check_scales(self.s))
+        if self.dimension_numbers is not None:
+            object.__setattr__(self, "dimension_numbers", tuple(self.dimension_numbers))
         check_padding(self.padding)
         object.__setattr__(self, "filter_shape", tuple(self.filter_shape))
         if len(self.filter_shape) not in _SPATIAL:
@@ -62,6 +84,15 @@ class Conv(Layer):
         check_sizes(strides, "strides", "Conv")
         check_sizes((self.out_chan,), "out_chan", "Conv")
         object.__setattr__(self, "strides", strides)
+        check_dimension_numbers(self.dimension_numbers, len(self.filter_shape), "Conv")
+
+    @property
+    def _s(self) -> tuple[int, int]:
+        return self.s if self.parameterization == "standard" else (1, 1)
+
+    @property
+    def _width(self) -> int:
+        return self.out_chan * self._s[1]
 
     @property
     def _strides(self) -> tuple[int, ...]:
@@ -79,10 +110,10 @@ class Conv(Layer):
         input_shape = tuple(input_shape)
         spatial = self._check_spatial(input_shape)
         c_in = input_shape[-1]
-        fan_in = math.prod(self.filter_shape) * c_in
-        params = init_affine(key, self.filter_shape + (c_in, self.out_chan), fan_in, self.out_chan, self.W_std,
+        fan_in = math.prod(self.filter_shape) * c_in / self._s[0]
+        params = init_affine(key, self.filter_shape + (c_in, self._width), fan_in, self._width, self.W_std,
                              self.b_std, self.parameterization)
-        return (input_shape[0],) + spatial + (self.out_chan,), params
+        return (input_shape[0],) + spatial + (self._width,), params
 
     def apply(self, params, x, **kwargs):
         w, b = params
@@ -95,9 +126,9 @@ class Conv(Layer):
             padding = [(0, 0)] * len(padding)
         z = jax.lax.conv_general_dilated(x, w, self._strides, padding,
                                          dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
-        s_w, s_b = affine_scales(self.W_std, self.b_std, self.parameterization, w.shape[-2] * math.prod(w.shape[:-2]))
-        z = s_w * z
-        return z if b is None else z + s_b * b
+        s_w, s_b = affine_scales(self.W_std, self.b_std, self.parameterization, w.shape[-2] * math.prod(w.shape[:-2]),
+                                 self._s[0])
+        return add_bias(s_w * z, b, s_b)
 
     def transform(self, k, **kwargs):
         k = check_state(k, "Conv")
@@ -110,6 +141,6 @@ class Conv(Layer):
                          for d in range(len(in_spatial)))
             return window_sum(a, axes, self.filter_shape, self._strides, in_spatial, self.padding) / q
 
-        fan_in = q * k.shape1[-1]
+        fan_in = q * k.shape1[-1] / self._s[0]
         return affine_kernel(k, linear, self.W_std, self.b_std, self.parameterization, fan_in,
-                             (k.shape1[0],) + spatial1 + (self.out_chan,), (k.shape2[0],) + spatial2 + (self.out_chan,))
+                             (k.shape1[0],) + spatial1 + (self._width,), (k.shape2[0],) + spatial2 + (self._width,))

@@ -115,6 +115,11 @@ def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2,
     covariance at several shifted offsets the fused code recomputes layers per offset: a deep CNN ran many times
     slower than its layers one by one and was slow to compile. Stepping layer by layer keeps the cost linear
     in depth, and identical layers (the same object and shapes) share one compiled step.
+
+    Under an outer `jax.jit`/`vmap` (neural-tangents' `jax.jit(kernel_fn, static_argnames="get")` idiom) the
+    steps are traced into the caller's program, where XLA inlines nested `jit` calls and removes optimization
+    barriers; each step is then fenced in a `lax.cond` (see `_fenced`), whose branches XLA compiles as separate
+    computations, and runs of identical steps become one `lax.scan` (compile time independent of their length).
     """
     # A layer holding traced hyperparameters (`jax.grad` with respect to `W_std`) cannot be a static argument of
     # `jit`: its steps then run inside the caller's trace.
@@ -125,8 +130,59 @@ def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2,
         return transform(layers, static_kwargs, k, _step_kwargs(dynamic_kwargs, indices))
 
     k = inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level)
-    for layers, indices in layer.compiled_steps():
-        k = _named_step(step, k, layers, indices)
+    steps = layer.compiled_steps()
+    if not _traced(x1, x2, dynamic_kwargs):
+        for layers, indices in steps:
+            k = _named_step(step, k, layers, indices)
+        return k
+    i = 0
+    while i < len(steps):
+        layers, indices = steps[i]
+        run = 1
+        if not dynamic_kwargs:  # per-layer `rng` folding would differ between the copies
+            while i + run < len(steps) and steps[i + run][0] == layers:
+                run += 1
+        checked = functools.partial(_named_step, step, layers=layers, indices=indices)
+        k = _fenced(checked, k)
+        if run > 1:  # the first copy may change the state's structure (`is_input`); the rest are scanned
+            k = _scanned(functools.partial(step, layers=layers, indices=indices), k, run - 1, checked)
+        i += run
+    return k
+
+
+def _traced(*trees) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def _fenced(fn: Callable[[Any], Any], k: Any) -> Any:
+    """`fn(k)` as a computation of its own inside a traced program.
+
+    XLA inlines nested `jit` calls and expands `optimization_barrier`s into scheduling constraints, then fuses each
+    layer's elementwise work into every shifted read of the next layer, recomputing it per offset, compounding
+    with depth (a 5-layer CNN ran 7x slower and compiled 10x longer than step by step). The branches of a
+    `lax.cond` stay separate computations as long as XLA cannot evaluate the predicate at compile time: here
+    `True` passed through an optimization barrier (unbatched under `vmap`, so the `cond` is not turned into a
+    `select` that would run both branches). The other branch is never taken.
+    """
+    out = jax.eval_shape(fn, k)
+
+    def unreachable(state):
+        return jax.tree_util.tree_map(lambda a: jnp.full(a.shape, jnp.nan, a.dtype), out)
+
+    return jax.lax.cond(jax.lax.optimization_barrier(jnp.bool_(True)), fn, unreachable, k)
+
+
+def _scanned(fn: Callable[[Any], Any], k: Any, n: int, checked: Callable[[Any], Any]) -> Any:
+    """`fn` applied `n` times as one `lax.scan` when it maps the state's structure to itself, else step by step."""
+    def structure(state):
+        return jax.tree_util.tree_structure(state), [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(state)]
+
+    out = jax.eval_shape(checked, k)
+    if structure(out) != structure(k):
+        for _ in range(n):
+            k = _fenced(checked, k)
+        return k
+    k, _ = jax.lax.scan(lambda s, _: (fn(s), None), k, None, length=n)
     return k
 
 
@@ -257,7 +313,7 @@ def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: i
         if batch_size >= max(n1, n2):
             batch_size = None
     elif (batch_size is None and x2 is None and gets is not None and single_array and n1 >= 2
-          and not isinstance(x1, jax.core.Tracer) and estimate(n1) >= _SPLIT_BYTES):
+          and estimate(n1) >= _SPLIT_BYTES):
         # Σ(x, x) is symmetric: compute the two diagonal blocks and one off-diagonal block, mirror the fourth
         # (a quarter less work; `benchmarks/analytic.py` case a). Small calls stay whole (one compile).
         batch_size = -(-n1 // 2)

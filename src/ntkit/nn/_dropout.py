@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,8 @@ class Dropout(Layer):
     diagonal is only known to be a diagonal when `x2` is `None` (or within a diagonal tile). `"test"` mode is the
     identity. `apply` needs `rng=` in train mode.
     """
+
+    weight_free: ClassVar[bool] = True
 
     rate: float
     mode: Literal["train", "test"] = "train"

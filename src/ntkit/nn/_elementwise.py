@@ -51,7 +51,7 @@ def gauss_hermite_2d(g: Callable, h: Callable, cov12, var1, var2, degree: int):
 
     def body(acc, node):
         zi, wi = node
-        hv = h(a[..., None] * zi + b[..., None] * z)
+        hv = h(a[..., None] * zi + b[..., None] * z.reshape((1,) * b.ndim + (-1,)))  # no implicit rank promotion
         return acc + wi * g(s1 * zi) * (hv @ w), None
 
     acc, _ = jax.lax.scan(body, jnp.zeros_like(cov12), (z, w))
@@ -68,7 +68,8 @@ class Elementwise(Layer):
     """Any elementwise nonlinearity `φ`, with its kernel in closed form or by quadrature.
 
     Args:
-      fn: `φ`, applied elementwise by the finite network.
+      fn: `φ`, applied elementwise by the finite network; `None` for a kernel-only layer (then `nngp_fn` is
+        required, and `init`/`apply` raise `NotImplementedError`), as in neural-tangents.
       nngp_fn: `(Σ₁₂, Σ₁₁, Σ₂₂) -> E[φ(u)φ(v)]` (arrays broadcast), or `None` for 2-D Gauss–Hermite quadrature.
       d_nngp_fn: `(Σ₁₂, Σ₁₁, Σ₂₂) -> E[φ'(u)φ'(v)]`; `None` means `∂ nngp_fn/∂Σ₁₂` (Price's theorem) when
         `nngp_fn` is given, else quadrature with `φ'` by autodiff.
@@ -84,24 +85,40 @@ class Elementwise(Layer):
       (3, 3)
     """
 
-    fn: Callable
+    fn: Callable | None = None
     nngp_fn: Callable | None = None
     d_nngp_fn: Callable | None = None
     quadrature_degree: int = 25
     name: str = "Elementwise"
 
     pointwise: ClassVar[bool] = True
+    weight_free: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.fn is None and self.nngp_fn is None:
+            raise ValueError(f"{self.name}: give `fn` (φ) or `nngp_fn` (its kernel); both are None.")
+        for arg in ("fn", "nngp_fn", "d_nngp_fn"):
+            value = getattr(self, arg)
+            if value is not None and not callable(value):
+                raise TypeError(f"{self.name}: `{arg}` must be callable or None, got {type(value).__name__}.")
+
+    def _finite(self) -> Callable:
+        if self.fn is None:
+            raise NotImplementedError(f"{self.name} was built without `fn` (kernel only): its finite network "
+                                      "(`init`/`apply`) needs the elementwise function `fn`.")
+        return self.fn
 
     def init(self, key, input_shape):
+        self._finite()
         return tuple(input_shape), ()
 
     def apply(self, params, x, **kwargs):
-        return self.fn(x)
+        return self._finite()(x)
 
     def _nngp(self, cov12, var1, var2):
         if self.nngp_fn is not None:
             return self.nngp_fn(cov12, var1, var2)
-        return gauss_hermite_2d(self.fn, self.fn, cov12, var1, var2, self.quadrature_degree)
+        return gauss_hermite_2d(self._finite(), self._finite(), cov12, var1, var2, self.quadrature_degree)
 
     def _d_nngp(self, cov12, var1, var2):
         if self.d_nngp_fn is not None:
@@ -110,7 +127,7 @@ class Elementwise(Layer):
         if nngp_fn is not None:
             cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
             return jax.jvp(lambda c: nngp_fn(c, var1, var2), (cov12,), (jnp.ones_like(cov12),))[1]
-        d = derivative(self.fn)
+        d = derivative(self._finite())
         return gauss_hermite_2d(d, d, cov12, var1, var2, self.quadrature_degree)
 
     def transform(self, k, **kwargs):
@@ -145,6 +162,78 @@ def _quadrature(cov12, var1, var2, fn, degree):
     return gauss_hermite_2d(fn, fn, cov12, var1, var2, degree)
 
 
+def gauss_split_2d(g: Callable, h: Callable, cov12, var1, var2, degree: int = 64, reach: float = 10.0):
+    """`E[g(u) h(v)]` as `gauss_hermite_2d`, for `g` with a kink or jump at 0 (ReLU, its derivative).
+
+    The outer integral over `z₁` (`u = √Σ₁₁ z₁`) is split at 0 and each half done by `degree`-node Gauss–Legendre
+    on `[0, reach]` against the normal density (the mass past `reach = 10` is ~1e-23), so a `g` smooth on each
+    side is integrated to near rounding; `h` must be smooth (`degree`-node Gauss–Hermite inside).
+    """
+    cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
+    dtype = cov12.dtype
+    t, wt = np.polynomial.legendre.leggauss(degree)
+    half = (t + 1) * reach / 2
+    outer = np.concatenate([-half, half])
+    w_outer = np.concatenate([wt, wt]) * reach / 2 * np.exp(-outer ** 2 / 2) / np.sqrt(2 * np.pi)
+    nodes, weights = np.polynomial.hermite.hermgauss(degree)
+    z = jnp.asarray(nodes * np.sqrt(2.0), dtype)
+    w = jnp.asarray(weights / np.sqrt(np.pi), dtype)
+    s1 = jnp.sqrt(jnp.maximum(var1, 0))
+    pos = s1 > 0
+    a = jnp.where(pos, cov12 / jnp.where(pos, s1, 1), 0)
+    b = jnp.sqrt(jnp.maximum(var2 - a * a, 0))
+
+    def body(acc, node):
+        zi, wi = node
+        hv = h(a[..., None] * zi + b[..., None] * z.reshape((1,) * b.ndim + (-1,)))  # no implicit rank promotion
+        return acc + wi * g(s1 * zi) * (hv @ w), None
+
+    acc, _ = jax.lax.scan(body, jnp.zeros_like(cov12), (jnp.asarray(outer, dtype), jnp.asarray(w_outer, dtype)))
+    return acc
+
+
+def _piecewise_linear(layer: Elementwise | None) -> tuple[float, float] | None:
+    """`(c, d)` with `φ(x) = c x + d |x|` for the identity (`None`) and the ReLU family, else `None`."""
+    if layer is None:
+        return 1.0, 0.0
+    if layer.name == "ABRelu" and isinstance(layer.fn, _Bound):
+        a, b = layer.fn.args[:2]
+        return (a + b) / 2, (b - a) / 2
+    return None
+
+
+def cross_expectations(f: Elementwise | None, g: Elementwise | None, cov12, var1, var2, with_derivative: bool):
+    """`(E[φ_f(u) φ_g(v)], E[φ_f'(u) φ_g'(v)])` for two nonlinearities of one centred Gaussian pair (`None`: the
+    identity); the second is `None` unless `with_derivative`.
+
+    The same layer uses its own kernel; two members of the ReLU family (or the identity), `φ = c x + d|x|`, have
+    `E = c_f c_g Σ₁₂ + d_f d_g E[|u||v|]` and `E' = c_f c_g + d_f d_g (2/π) arcsin(cos θ)` (odd × even terms
+    vanish); anything else is integrated by `gauss_split_2d`, with the kinked one outside.
+    """
+    if f is not None and f == g:
+        return f._nngp(cov12, var1, var2), f._d_nngp(cov12, var1, var2) if with_derivative else None
+    pf, pg = _piecewise_linear(f), _piecewise_linear(g)
+    if pf is not None and pg is not None:
+        (cf, df), (cg, dg) = pf, pg
+        nngp = cf * cg * cov12 + df * dg * _abrelu_nngp(cov12, var1, var2, -1.0, 1.0)
+        d_nngp = None
+        if with_derivative:
+            _, cos, _, _ = _angle(cov12, var1, var2)
+            d_nngp = cf * cg + df * dg * (2 / math.pi) * _special.arcsin(cos)
+        return nngp, d_nngp
+    fn_f = _identity if f is None else f._finite()
+    fn_g = _identity if g is None else g._finite()
+    if pg is not None and pf is None:  # the kinked one goes outside: swap the roles of u and v
+        return cross_expectations(g, f, cov12, var2, var1, with_derivative)
+    nngp = gauss_split_2d(fn_f, fn_g, cov12, var1, var2)
+    d_nngp = gauss_split_2d(derivative(fn_f), derivative(fn_g), cov12, var1, var2) if with_derivative else None
+    return nngp, d_nngp
+
+
+def _identity(x):
+    return x
+
+
 def _closed(name, fn, nngp_fn, d_nngp_fn, *args) -> Elementwise:
     return Elementwise(fn=_Bound(fn, args), nngp_fn=_Bound(nngp_fn, args),
                        d_nngp_fn=None if d_nngp_fn is None else _Bound(d_nngp_fn, args), name=name)
@@ -161,55 +250,83 @@ def _angle(cov12, var1, var2):
 
 def _correlation(cov12, var1, var2):
     """`(√(Σ₁₁Σ₂₂), cos θ, sin² θ)`: `sin² θ = 1 − cos² θ` lets closed forms write `Σ₁₁Σ₂₂ − Σ₁₂²` as
-    `Σ₁₁Σ₂₂ sin² θ`, which is exact (0) for an input with itself, where the difference cancels catastrophically."""
+    `Σ₁₁Σ₂₂ sin² θ`, which is exact (0) for an input with itself, where the difference cancels catastrophically.
+
+    An input of zero variance (an all-zero input row with no bias) gets `cos θ = 0` and a norm whose derivative is
+    0 rather than the `∞ · 0` of `√0`: the kernels below are then differentiable there in both autodiff modes with
+    the derivative of their part odd in the input, which is what central finite differences measure.
+    """
     # Square roots and reciprocals per side: the variances are small arrays broadcast against the covariance, and
-    # a square root and a division per covariance entry would dominate a ReLU layer.
-    s1, s2 = jnp.sqrt(var1), jnp.sqrt(var2)
-    r1 = jnp.where(var1 > 0, 1 / jnp.where(var1 > 0, s1, 1), 0)
-    r2 = jnp.where(var2 > 0, 1 / jnp.where(var2 > 0, s2, 1), 0)
+    # a square root and a division per covariance entry would dominate a ReLU layer. The double `where`s keep
+    # the values and make the derivatives at a zero variance 0 instead of NaN.
+    pos1, pos2 = var1 > 0, var2 > 0
+    s1 = jnp.where(pos1, jnp.sqrt(jnp.where(pos1, var1, 1)), 0)
+    s2 = jnp.where(pos2, jnp.sqrt(jnp.where(pos2, var2, 1)), 0)
+    r1 = jnp.where(pos1, 1 / jnp.where(pos1, s1, 1), 0)
+    r2 = jnp.where(pos2, 1 / jnp.where(pos2, s2, 1), 0)
     # Perfectly correlated entries (each input with itself) get exactly ±1: rounding of `Σ₁₂ r₁ r₂` (or of Σ₁₂
     # against the variances, computed by other operations) would put θ ~ √ulp away from 0, and the NTK's (π − θ)
     # term compounds that with depth. Within a few ulp of ±1 the computed angle is rounding noise anyway.
     cos = cov12 * r1 * r2
     tie = (cov12 * cov12 >= var1 * var2) | (1 - jnp.abs(cos) <= 4 * jnp.finfo(cos.dtype).eps)
-    cos = jnp.where(tie, jnp.sign(cov12), jnp.clip(cos, -1, 1))
+    cos = jnp.where(pos1 & pos2, jnp.where(tie, jnp.sign(cov12), jnp.clip(cos, -1, 1)), 0)
     return s1 * s2, cos, 1 - cos * cos
 
 
-def _abrelu(x, a, b):
-    return jnp.where(x > 0, b * x, a * x)
+def _stabilized(fn, degree: int, cov12, var1, var2, *args):
+    """`fn` evaluated on inputs divided by their largest magnitude, times that magnitude to the power `degree`
+    (`fn` is positively homogeneous of that degree): neural-tangents' `do_stabilize`, which keeps the arc-cosine
+    formulas away from under- and overflow in very deep networks. The scale carries no derivative (by
+    homogeneity its contribution is zero)."""
+    scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(cov12)), jnp.finfo(cov12.dtype).tiny))
+    out = fn(cov12 / scale, var1 / scale, var2 / scale, *args)
+    return out if degree == 0 else out * scale ** degree
 
 
-def _abrelu_nngp(cov12, var1, var2, a, b):
+def _abrelu_nngp(cov12, var1, var2, a, b, stabilize=False):
+    if stabilize:
+        return _stabilized(_abrelu_nngp, 1, cov12, var1, var2, a, b)
+    # `(π − θ) Σ₁₂` rather than `(π − θ) √(Σ₁₁Σ₂₂) cos θ` (equal): its derivative stays right at a zero variance
     norm, cos, sin, theta = _angle(cov12, var1, var2)
-    out = (b - a) ** 2 / (2 * math.pi) * norm * (sin + (math.pi - theta) * cos)
+    out = (b - a) ** 2 / (2 * math.pi) * (norm * sin + (math.pi - theta) * cov12)
     return out if a * b == 0 else out + a * b * cov12
 
 
-def _abrelu_d_nngp(cov12, var1, var2, a, b):
+def _abrelu_d_nngp(cov12, var1, var2, a, b, stabilize=False):
+    if stabilize:
+        return _stabilized(_abrelu_d_nngp, 0, cov12, var1, var2, a, b)
     _, _, _, theta = _angle(cov12, var1, var2)
     return a * b + (b - a) ** 2 / (2 * math.pi) * (math.pi - theta)
 
 
-def ABRelu(a: float, b: float) -> Elementwise:
+def ABRelu(a: float, b: float, do_stabilize: bool = False) -> Elementwise:
     """`φ(x) = a·min(x, 0) + b·max(x, 0)`: `E[φφ] = ab Σ₁₂ + (b − a)² √(Σ₁₁Σ₂₂)(sin θ + (π − θ) cos θ)/(2π)`,
-    `E[φ'φ'] = ab + (b − a)² (π − θ)/(2π)`, `θ = arccos(Σ₁₂/√(Σ₁₁Σ₂₂))` (Cho & Saul 2009)."""
-    return _closed("ABRelu", _abrelu, _abrelu_nngp, _abrelu_d_nngp, float(a), float(b))
+    `E[φ'φ'] = ab + (b − a)² (π − θ)/(2π)`, `θ = arccos(Σ₁₂/√(Σ₁₁Σ₂₂))` (Cho & Saul 2009).
+
+    `do_stabilize=True` (neural-tangents' option, for very deep networks) evaluates the formulas on covariances
+    divided by their largest magnitude and scales back; the result is the same up to rounding. The kernels are
+    differentiable with respect to the inputs in forward and reverse mode, an all-zero input included.
+    """
+    return _closed("ABRelu", _abrelu, _abrelu_nngp, _abrelu_d_nngp, float(a), float(b), bool(do_stabilize))
 
 
-def Relu() -> Elementwise:
-    """`max(x, 0)`, the arc-cosine kernel of degree 1 (docs/theory.md §2)."""
-    return ABRelu(0.0, 1.0)
+def _abrelu(x, a, b, stabilize=False):
+    return jnp.where(x > 0, b * x, a * x)
 
 
-def LeakyRelu(alpha: float) -> Elementwise:
-    """`max(x, αx)`."""
-    return ABRelu(alpha, 1.0)
+def Relu(do_stabilize: bool = False) -> Elementwise:
+    """`max(x, 0)`, the arc-cosine kernel of degree 1 (docs/theory.md §2); `do_stabilize` as in `ABRelu`."""
+    return ABRelu(0.0, 1.0, do_stabilize)
 
 
-def Abs() -> Elementwise:
-    """`|x|`."""
-    return ABRelu(-1.0, 1.0)
+def LeakyRelu(alpha: float, do_stabilize: bool = False) -> Elementwise:
+    """`max(x, αx)`; `do_stabilize` as in `ABRelu`."""
+    return ABRelu(alpha, 1.0, do_stabilize)
+
+
+def Abs(do_stabilize: bool = False) -> Elementwise:
+    """`|x|`; `do_stabilize` as in `ABRelu`."""
+    return ABRelu(-1.0, 1.0, do_stabilize)
 
 
 def _rect_j_polynomials(n: int) -> tuple[np.ndarray, np.ndarray]:

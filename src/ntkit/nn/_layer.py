@@ -11,6 +11,10 @@ and unpacks and indexes as the triple `init_fn, apply_fn, kernel_fn = layer`, so
 neural-tangents' `stax` ports unchanged. A subclass implements `init`, `apply` and `transform(state) -> state`;
 when it needs off-diagonal spatial covariances (pooling, attention) or can drop them (`Flatten`), `needs_full`;
 when it reads the per-example covariances differently from a position-wise linear map, `cov_needs`.
+
+Hyperparameters given as concrete 0-d arrays (`Dense(512, W_std=jnp.sqrt(2.0))`, as neural-tangents code often
+writes them) are stored as Python scalars, so layers stay hashable and their compiled kernel steps are cached;
+traced ones (`jax.grad` with respect to `W_std`) are kept and run inside the caller's trace.
 """
 
 from __future__ import annotations
@@ -20,17 +24,54 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import jax
+import numpy as np
 
+from .._kernel import GETS, STATE_GETS, fields_tuple, parse_get
+from ._axes import check_layout
 from ._driver import compute_kernel
-from ._state import CovLevel, KernelState
+from ._enums import AttentionMechanism, Padding, PositionalEmbedding
+from ._state import CovLevel, KernelState, diagonal_spatial_state, spatial_diagonal
 
 
-class Layer(abc.ABC):
+def canonical_hyperparameter(value: Any) -> Any:
+    """`value` with concrete 0-d arrays (also inside tuples and lists) as Python `float`/`int`/`bool`, and the
+    members of `Padding`, `AttentionMechanism` and `PositionalEmbedding` as their strings.
+
+    Tracers and arrays of other ranks are returned unchanged.
+    """
+    if isinstance(value, Padding | AttentionMechanism | PositionalEmbedding):  # option enums: their strings
+        return value.value
+    if isinstance(value, tuple | list) and not hasattr(value, "_fields"):
+        return type(value)(canonical_hyperparameter(v) for v in value)
+    if isinstance(value, jax.core.Tracer):
+        return value
+    if isinstance(value, jax.Array | np.ndarray | np.generic) and np.ndim(value) == 0:
+        dtype = np.dtype(value.dtype)
+        if dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating):
+            return np.asarray(value).item()
+    return value
+
+
+class _LayerMeta(abc.ABCMeta):
+    """Canonicalises constructor arguments with `canonical_hyperparameter` before the layer is built."""
+
+    def __call__(cls, *args, **kwargs):
+        args = tuple(canonical_hyperparameter(a) for a in args)
+        kwargs = {k: canonical_hyperparameter(v) for k, v in kwargs.items()}
+        return super().__call__(*args, **kwargs)
+
+
+class Layer(metaclass=_LayerMeta):
     """Base class of analytic layers (see the module docstring)."""
 
     pointwise: ClassVar[bool] = False
     """Whether the layer reads its input kernel entry by entry (a nonlinearity): it is then compiled together with
     the layer before it."""
+
+    weight_free: ClassVar[bool] = False
+    """Whether the layer is known to draw no random weights (a nonlinearity, pooling, normalization): two branches
+    made only of such layers are deterministic functions of one input, correlated, so their kernels do not add.
+    False means possibly weighted."""
 
     @abc.abstractmethod
     def init(self, key: jax.Array, input_shape: Any) -> tuple[Any, Any]:
@@ -73,16 +114,20 @@ class Layer(abc.ABC):
         return 3
 
     def kernel(self, x1: Any, x2: Any = None, get: Any = None, batch_size: int | None = None,
-               memory_limit: float | None = None, **kwargs: Any) -> Any:
+               memory_limit: float | None = None, *, diagonal_batch: bool | None = None,
+               diagonal_spatial: bool | None = None, mask_constant: Any = None, pattern: Any = None,
+               batch_axis: int = 0, channel_axis: int = -1, **kwargs: Any) -> Any:
         """Infinite-width NNGP and/or NTK between `x1` and `x2`.
 
         Args:
-          x1: inputs `(N1, *S, C)` (channels last, batch first), a list of them for a multi-input network, or a
-            `KernelState` to continue from.
+          x1: inputs `(N1, *S, C)` (channels last, batch first), a list (or tuple) of them for a multi-input
+            network, or a `KernelState` to continue from.
           x2: `(N2, *S, C)` or `None` for `x1` (then `Σ(x, x)` holds each input's variance; when `get` is set and the
             call is large, two diagonal blocks and one off-diagonal block are computed and the fourth mirrored).
           get: `"nngp"`, `"ntk"`, a tuple of them (a `Kernel(nngp, ntk)` named tuple comes back) or `None` (the
-            whole `KernelState`).
+            whole `KernelState`). Any other field of the state (`"cov1"`, `"cov2"`, `"shape1"`, ... as in
+            neural-tangents' `Kernel`) may be named too, in any case; a tuple naming one comes back as a named
+            tuple `Kernel` with the fields asked for, in that order.
           batch_size: compute the `(N1, N2)` kernel in tiles of this many examples per side; with `x2=None` only
             tiles on and above the diagonal are computed. Tiled and untiled results agree (with `get=None`, the
             per-example covariances are taken from the tiles too).
@@ -90,9 +135,63 @@ class Layer(abc.ABC):
             kernel state for the tile, times a measured overhead for the step's input, output and temporaries)
             fits are used. JAX itself and XLA's compiler come on top (see docs/analytic.md for measurements).
             Give this or `batch_size`, not both.
-          **kwargs: passed to every layer's kernel (array values are traced).
+          diagonal_batch: neural-tangents' keyword; `True` (or `None`) is what ntkit computes (`cov1` holds each
+            example's own covariance), `False` raises `NotImplementedError`.
+          diagonal_spatial: neural-tangents' keyword: `True` returns only the entries with equal positions
+            (`(N1, N2, S_1, ..., S_k)` instead of `(N1, N2, S_1, S_1', ...)`); `None`/`False` all pairs.
+          mask_constant: neural-tangents' masked inputs; ntkit has none and raises `NotImplementedError` unless
+            `None`.
+          pattern: neural-tangents' graph `Aggregate` input; ntkit has no `Aggregate` and raises
+            `NotImplementedError` unless `None`.
+          batch_axis: neural-tangents' layout of the inputs: must be 0 (batch first).
+          channel_axis: must name the last axis (channels last).
+          **kwargs: passed to every layer's kernel (array values are traced); ntkit's own layers read none, custom
+            layers may.
 
         Returns:
           Arrays `(N1, N2)` for flat outputs, `(N1, N2, S_1, S_1', ...)` for outputs with spatial axes.
         """
-        return compute_kernel(self, x1, x2, get, batch_size, kwargs, memory_limit)
+        if diagonal_batch is not None and not diagonal_batch:
+            raise NotImplementedError("`diagonal_batch=False` (the (N1, N1) covariance of x1 with itself, per "
+                                      "neural-tangents) is not supported; call kernel_fn(x1, None, ...) for it.")
+        if mask_constant is not None:
+            raise NotImplementedError("masked inputs (`mask_constant`) are not supported by ntkit.")
+        if pattern is not None:
+            raise NotImplementedError("`pattern` is the input of neural-tangents' `Aggregate` (graph networks), "
+                                      "which ntkit does not have.")
+        for a in x1 if isinstance(x1, list | tuple) else [x1]:
+            ndim = 0 if isinstance(a, KernelState) else int(np.ndim(a))  # inputs, not a state to continue from
+            if ndim:
+                check_layout(batch_axis, channel_axis, ndim, "kernel_fn")
+        if diagonal_spatial is not None and not isinstance(diagonal_spatial, bool | np.bool_):
+            raise TypeError(f"`diagonal_spatial` must be a bool or None, got {diagonal_spatial!r}.")
+        fields, single = (None, False) if get is None else parse_get(get, STATE_GETS)
+        if fields is not None and set(fields) <= set(GETS):
+            out = compute_kernel(self, x1, x2, get, batch_size, kwargs, memory_limit)
+            return _map_outputs(_diagonal_kernel, out) if diagonal_spatial else out
+        state = compute_kernel(self, x1, x2, None, batch_size, kwargs, memory_limit)
+        if diagonal_spatial:
+            state = _map_outputs(diagonal_spatial_state, state)
+        if fields is None:
+            return state
+        return _map_outputs(lambda k: _fields(k, fields, single), state)
+
+
+def _map_outputs(fn: Callable[[Any], Any], out: Any) -> Any:
+    """`fn` on the output, or on each output of a multi-output network (a list)."""
+    if isinstance(out, list):
+        return [fn(o) for o in out]
+    return fn(out)
+
+
+def _diagonal_kernel(out: Any) -> Any:
+    """A `(N1, N2, S_1, S_1', ...)` kernel (or a `Kernel` of them) reduced to `(N1, N2, S_1, ...)`."""
+    if isinstance(out, tuple):
+        fields: Any = type(out)
+        return fields(*[None if a is None else _diagonal_kernel(a) for a in out])
+    return spatial_diagonal(out, 2, (out.ndim - 2) // 2)
+
+
+def _fields(k: KernelState, fields: tuple[str, ...], single: bool) -> Any:
+    values = [getattr(k, f) for f in fields]
+    return values[0] if single else fields_tuple(fields)(*values)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax.numpy as jnp
 
+from ._axes import check_axis_argument, check_layout
 from ._layer import Layer
 from ._state import COV_DIAGONAL, CovLevel, check_state, cross_variances, diagonal_variances, self_variances
 
@@ -21,16 +23,25 @@ class LayerNorm(Layer):
     Args:
       axis: must be `-1` (channels).
       eps: `ε` of the finite layer.
+      batch_axis: neural-tangents' layout argument; must name the first axis.
+      channel_axis: must name the last axis.
     """
+
+    weight_free: ClassVar[bool] = True
 
     axis: int = -1
     eps: float = 1e-12
+    batch_axis: int = 0
+    channel_axis: int = -1
 
     def __post_init__(self):
+        check_axis_argument(self.batch_axis, "batch_axis", "LayerNorm")
+        check_axis_argument(self.channel_axis, "channel_axis", "LayerNorm")
         if self.axis != -1:
             raise ValueError(f"LayerNorm normalizes the channel axis only (`axis=-1`), got axis={self.axis}.")
 
     def init(self, key, input_shape):
+        check_layout(self.batch_axis, self.channel_axis, len(input_shape), "LayerNorm")
         return tuple(input_shape), ()
 
     def apply(self, params, x, **kwargs):
@@ -40,6 +51,7 @@ class LayerNorm(Layer):
 
     def transform(self, k, **kwargs):
         k = check_state(k, "LayerNorm")
+        check_layout(self.batch_axis, self.channel_axis, len(k.shape1), "LayerNorm")
         if not k.is_gaussian:
             raise ValueError("LayerNorm needs a centred Gaussian input (the output of a Dense or Conv layer, or a "
                              "sum of them); its kernel formula ignores the channel mean.")

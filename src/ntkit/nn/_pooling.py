@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
+from ._axes import check_axis_argument, check_layout
 from ._layer import Layer
 from ._state import (
     COV_DIAGONAL,
@@ -17,11 +20,13 @@ from ._state import (
     mixing_cov_needs,
     spatial_diagonal,
 )
-from ._windows import Padding, check_padding, check_sizes, out_size, window_sum
+from ._windows import Padding, check_padding, check_sizes, out_size, pads, window_sum
 
 
 @dataclasses.dataclass(frozen=True)
 class _Pool(Layer):
+    weight_free: ClassVar[bool] = True
+
     window_shape: tuple[int, ...]
     strides: tuple[int, ...] | None = None
     padding: Padding = "VALID"
@@ -29,7 +34,16 @@ class _Pool(Layer):
     _average = True
     _name = "AvgPool"
 
+    @property
+    def _normalize_edges(self) -> bool:
+        return False
+
+    def _layout(self) -> tuple[int, int]:
+        return 0, -1
+
     def __post_init__(self):
+        for name, value in zip(("batch_axis", "channel_axis"), self._layout(), strict=True):
+            check_axis_argument(value, name, self._name)
         check_padding(self.padding)
         object.__setattr__(self, "window_shape", tuple(self.window_shape))
         strides = (1,) * len(self.window_shape) if self.strides is None else tuple(self.strides)
@@ -46,6 +60,7 @@ class _Pool(Layer):
 
     def _out_shape(self, shape):
         shape = tuple(shape)
+        check_layout(*self._layout(), len(shape), self._name)
         if len(shape) != len(self.window_shape) + 2:
             raise ValueError(f"{self._name} with `window_shape` {self.window_shape} needs inputs (N, "
                              f"*{len(self.window_shape)} spatial axes, C), got shape {shape}.")
@@ -59,10 +74,37 @@ class _Pool(Layer):
     def init(self, key, input_shape):
         return self._out_shape(input_shape), ()
 
+    def _counts(self, spatial: tuple[int, ...]) -> list[np.ndarray]:
+        """Per spatial axis, how many input positions (not padding) each output position's window covers
+        (circular padding wraps real positions around: the whole window)."""
+        out = []
+        for n, k, s in zip(spatial, self.window_shape, self._strides, strict=True):
+            lo, _ = pads(n, k, s, self.padding)
+            m = out_size(n, k, s, self.padding)
+            start = s * np.arange(m) - (0 if self.padding == "CIRCULAR" else lo)
+            covered = np.arange(k)[None, :] + start[:, None]
+            inside = (covered >= 0) & (covered < n) if self.padding != "CIRCULAR" else np.ones((m, k), bool)
+            out.append(inside.sum(1).astype(np.float64))
+        return out
+
+    def _edge_scale(self, spatial: tuple[int, ...], n_lead: int, ndim: int, twice: bool, dtype):
+        """`1 / Π_d count_d`, shaped to divide an array with `n_lead` leading axes (then each spatial axis once, or
+        twice interleaved for covariances)."""
+        scale = np.ones((1,) * ndim)
+        for d, c in enumerate(self._counts(spatial)):
+            for a in ((n_lead + 2 * d, n_lead + 2 * d + 1) if twice else (n_lead + d,)):
+                shape = [1] * ndim
+                shape[a] = c.shape[0]
+                scale = scale / c.reshape(shape)
+        return jnp.asarray(scale, dtype)
+
     def apply(self, params, x, **kwargs):
         self._out_shape(x.shape)
+        spatial = x.shape[1:-1]
         for d, (k, s) in enumerate(zip(self.window_shape, self._strides, strict=True)):
             x = window_sum(x, (1 + d,), k, s, x.shape[1 + d], self.padding)
+        if self._normalize_edges:
+            return x * self._edge_scale(spatial, 1, x.ndim, False, x.dtype)
         return x * self._scale()
 
     def transform(self, k, **kwargs):
@@ -78,8 +120,10 @@ class _Pool(Layer):
             # independent windows on `i` and `i'`: one group per axis, all summed in one pass
             axes = tuple((n_batch + ax,) for ax in range(2 * len(spatial)))
             twice = lambda t: tuple(v for v in t for _ in range(2))  # noqa: E731
-            return window_sum(a, axes, twice(self.window_shape), twice(self._strides), twice(spatial),
-                              self.padding) * scale
+            out = window_sum(a, axes, twice(self.window_shape), twice(self._strides), twice(spatial), self.padding)
+            if self._normalize_edges:
+                return out * self._edge_scale(spatial, n_batch, out.ndim, True, out.dtype)
+            return out * scale
 
         return k.map(linear).replace(shape1=shape1, shape2=shape2, is_input=False)
 
@@ -90,19 +134,47 @@ class _Pool(Layer):
         return mixing_cov_needs(out_level)
 
 
+@dataclasses.dataclass(frozen=True)
 class AvgPool(_Pool):
-    """Average over windows (zero padding counts as zeros): `Σ'[p, p'] = mean_{i ∈ w(p), i' ∈ w(p')} Σ[i, i']`.
+    """Average over windows: `Σ'[p, p'] = Σ_{i ∈ w(p), i' ∈ w(p')} Σ[i, i'] / (c(p) c(p'))`.
 
-    Needs full spatial covariances. Args: `window_shape`, `strides` (default ones), `padding` (`"VALID"`,
-    `"SAME"`, `"CIRCULAR"`).
+    `c(p)` is the window size, or with `normalize_edges=True` the number of input positions (not padding) the
+    window covers, as neural-tangents. Needs full spatial covariances.
+
+    Args:
+      window_shape: `(k_1, ..., k_d)`.
+      strides: default ones.
+      padding: `"VALID"`, `"SAME"`, `"CIRCULAR"` (or `Padding` members).
+      normalize_edges: divide by the positions covered rather than the window size (matters with `"SAME"`).
+      batch_axis: neural-tangents' layout argument; must name the first axis.
+      channel_axis: must name the last axis.
     """
 
+    normalize_edges: bool = False
+    batch_axis: int = 0
+    channel_axis: int = -1
 
+    @property
+    def _normalize_edges(self) -> bool:
+        return bool(self.normalize_edges)
+
+    def _layout(self) -> tuple[int, int]:
+        return self.batch_axis, self.channel_axis
+
+
+@dataclasses.dataclass(frozen=True)
 class SumPool(_Pool):
-    """Sum over windows: `Σ'[p, p'] = Σ_{i ∈ w(p), i' ∈ w(p')} Σ[i, i']`. Arguments as `AvgPool`."""
+    """Sum over windows: `Σ'[p, p'] = Σ_{i ∈ w(p), i' ∈ w(p')} Σ[i, i']`. Arguments as `AvgPool` (no
+    `normalize_edges`)."""
+
+    batch_axis: int = 0
+    channel_axis: int = -1
 
     _average = False
     _name = "SumPool"
+
+    def _layout(self) -> tuple[int, int]:
+        return self.batch_axis, self.channel_axis
 
 
 def _spatial_axes(k, n_batch: int) -> tuple[int, ...]:
@@ -112,11 +184,24 @@ def _spatial_axes(k, n_batch: int) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class GlobalAvgPool(Layer):
-    """Mean over all positions, `(N, *S, C) -> (N, C)`: `Σ' = mean_{i, i'} Σ[i, i']` (all pairs of positions)."""
+    """Mean over all positions, `(N, *S, C) -> (N, C)`: `Σ' = mean_{i, i'} Σ[i, i']` (all pairs of positions).
+
+    `batch_axis` and `channel_axis` (neural-tangents' layout arguments) must name the first and last axes.
+    """
+
+    weight_free: ClassVar[bool] = True
+
+    batch_axis: int = 0
+    channel_axis: int = -1
 
     _average = True
 
+    def __post_init__(self):
+        check_axis_argument(self.batch_axis, "batch_axis", type(self).__name__)
+        check_axis_argument(self.channel_axis, "channel_axis", type(self).__name__)
+
     def init(self, key, input_shape):
+        check_layout(self.batch_axis, self.channel_axis, len(input_shape), type(self).__name__)
         if len(input_shape) < 3:
             raise ValueError(f"{type(self).__name__} needs inputs with spatial axes, got shape {tuple(input_shape)}.")
         return (input_shape[0], input_shape[-1]), ()
@@ -156,10 +241,22 @@ class Flatten(Layer):
     """`(N, *S, C) -> (N, prod(S)·C)`: the mean over features keeps only diagonal positions, `Σ' = mean_i Σ[i, i]`.
 
     So a network ending in `Flatten` (then `Dense`) only ever needs diagonal spatial covariances, and layers before
-    it carry those alone (docs/theory.md §2).
+    it carry those alone (docs/theory.md §2). `batch_axis` and `batch_axis_out` (neural-tangents' layout
+    arguments) must be 0.
     """
 
+    weight_free: ClassVar[bool] = True
+
+    batch_axis: int = 0
+    batch_axis_out: int = 0
+
+    def __post_init__(self):
+        check_axis_argument(self.batch_axis, "batch_axis", "Flatten")
+        check_axis_argument(self.batch_axis_out, "batch_axis_out", "Flatten")
+
     def init(self, key, input_shape):
+        check_layout(self.batch_axis, None, len(input_shape), "Flatten")
+        check_layout(self.batch_axis_out, None, 2, "Flatten")
         return (input_shape[0], math.prod(input_shape[1:])), ()
 
     def apply(self, params, x, **kwargs):

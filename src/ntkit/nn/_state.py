@@ -54,6 +54,10 @@ class KernelState:
       is_input: whether no layer has been applied yet.
       x1_is_x2: whether `x2` is `x1` (then `Σ(x1, x2)` has the per-example variances on its diagonal).
       cov_diagonal: whether `cov1`/`cov2` hold positions `i = i'` only while `nngp` holds all pairs.
+
+    neural-tangents' `Kernel` also had `is_reversed`, `diagonal_batch`, `batch_axis`, `channel_axis`, `mask1` and
+    `mask2`; they are read-only properties here with the only values ntkit uses (not reversed, per-example
+    covariances, batch axis 0, channels last, no masks), so custom layers reading them port.
     """
 
     nngp: jax.Array
@@ -71,6 +75,36 @@ class KernelState:
     def replace(self, **changes) -> KernelState:
         """A copy with some fields replaced."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def is_reversed(self) -> bool:
+        """Never: ntkit does not swap `x1` and `x2` between layers."""
+        return False
+
+    @property
+    def diagonal_batch(self) -> bool:
+        """Always: `cov1`/`cov2` hold each example's own covariance, not the `(N1, N1)` batch matrix."""
+        return True
+
+    @property
+    def batch_axis(self) -> int:
+        """The batch axis of the activations: always 0."""
+        return 0
+
+    @property
+    def channel_axis(self) -> int:
+        """The channel axis of the activations: always the last."""
+        return len(self.shape1) - 1
+
+    @property
+    def mask1(self) -> None:
+        """Masks of masked inputs: ntkit has none."""
+        return None
+
+    @property
+    def mask2(self) -> None:
+        """Masks of masked inputs: ntkit has none."""
+        return None
 
     @property
     def n_spatial(self) -> int:
@@ -240,6 +274,17 @@ def align_covariances(ks: list[KernelState]) -> list[KernelState]:
             out.append(k.replace(cov1=spatial_diagonal(cov1, 1, n),
                                  cov2=None if cov2 is None else spatial_diagonal(cov2, 1, n), cov_diagonal=True))
     return out
+
+
+def diagonal_spatial_state(k: KernelState) -> KernelState:
+    """`k` with only positions `i = i'` of its spatial axes (the layout `diagonal_spatial=True`)."""
+    if k.diagonal_spatial:
+        return k
+    n = k.n_spatial
+    to_diagonal = (lambda a, n_batch: None if a is None else spatial_diagonal(a, n_batch, n))  # noqa: E731
+    covs = (k.cov1, k.cov2) if k.cov_diagonal else (to_diagonal(k.cov1, 1), to_diagonal(k.cov2, 1))
+    return k.replace(nngp=to_diagonal(k.nngp, 2), ntk=to_diagonal(k.ntk, 2), cov1=covs[0], cov2=covs[1],
+                     diagonal_spatial=True, cov_diagonal=False)
 
 
 def check_state(k: Any, layer: str) -> KernelState:
