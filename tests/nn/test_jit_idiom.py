@@ -111,3 +111,39 @@ def test_symmetric_split_under_jit(dtype, monkeypatch):
     got = jax.jit(net.kernel, static_argnames="get")(x, None, get=("nngp", "ntk"))
     for g in ("nngp", "ntk"):
         assert_close(getattr(got, g), getattr(whole, g), dtype, scale=10)
+
+
+def test_equal_traced_hyperparameters_keep_their_own_gradients(dtype):
+    """Two traced `W_std` of equal value are distinct variables: grouping their steps as "identical" would give
+    all the gradient to one of them. Under `vmap` and `jit`, as in plain mode; the reference is central
+    differences of the plain call in each variable."""
+    x = jax.random.normal(jax.random.key(4), (2, 3), dtype)
+
+    def total(w1, w2, inputs):
+        net = stax.serial(stax.Dense(8, W_std=w1), stax.Relu(), stax.Dense(8, W_std=w2), stax.Relu(),
+                          stax.Dense(8, W_std=w2), stax.Relu(), stax.Dense(1))
+        return net.kernel(inputs, None, "nngp").sum()
+
+    def diagonal(w1, w2, inputs):  # what the vmapped gradients add up: each example's own kernel
+        return sum(total(w1, w2, inputs[i:i + 1]) for i in range(len(inputs)))
+
+    one = jnp.asarray(1.0, dtype)
+    h = 1e-3
+    jitted = jax.jit(jax.grad(total, (0, 1)))(one, one, x)
+    mapped = jax.vmap(jax.grad(total, (0, 1)), (None, None, 0))(one, one, x[:, None])
+    for got, fn in ((jitted, total), ([g.sum() for g in mapped], diagonal)):
+        want = [(fn(one + h, one, x) - fn(one - h, one, x)) / (2 * h),
+                (fn(one, one + h, x) - fn(one, one - h, x)) / (2 * h)]
+        # a quadratic error h² · (third derivative ~ 1) of the differences, and float32 rounding of them
+        assert_close(jnp.stack(got), jnp.stack(want), dtype, scale=50 if dtype == jnp.float32 else 2e3)
+
+
+def test_array_hyperparameters_under_jit(dtype):
+    """neural-tangents' idiom `Dense(8, W_std=jnp.sqrt(2.0))` inside a jitted function."""
+    x = jax.random.normal(jax.random.key(5), (3, 4), dtype)
+
+    def kernel(inputs):
+        return stax.serial(stax.Dense(8, W_std=jnp.sqrt(2.0)), stax.Relu(), stax.Dense(8, W_std=jnp.sqrt(2.0)),
+                           stax.Relu(), stax.Dense(1)).kernel(inputs, None, "ntk")
+
+    assert_close(jax.jit(kernel)(x), kernel(x), dtype)

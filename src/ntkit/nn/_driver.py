@@ -139,7 +139,9 @@ def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2,
     while i < len(steps):
         layers, indices = steps[i]
         run = 1
-        if not dynamic_kwargs:  # per-layer `rng` folding would differ between the copies
+        # equal steps only when hashable: layers holding tracers compare by value (equal values of distinct
+        # traced hyperparameters would share one gradient), and per-layer `rng` folding differs between copies
+        if compiled and not dynamic_kwargs:
             while i + run < len(steps) and steps[i + run][0] == layers:
                 run += 1
         checked = functools.partial(_named_step, step, layers=layers, indices=indices)
