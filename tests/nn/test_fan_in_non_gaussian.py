@@ -16,6 +16,7 @@ from scipy import integrate, special
 import ntkit
 import ntkit.nn as stax
 from ntkit.nn._elementwise import cross_expectations
+from tests.tolerance import assert_close
 
 WIDTH = 256
 GROUPS, PER_GROUP = 4, 8  # Monte Carlo: 4 groups of 8 networks, the spread of the group means gives the error
@@ -134,6 +135,30 @@ def test_weight_free_branches_of_one_input_raise(branches):
     init_fn, apply_fn, _ = net  # the finite network is unaffected
     _, params = init_fn(jax.random.key(0), x.shape)
     assert apply_fn(params, x).shape == (2, 4, 4)
+
+
+@pytest.mark.parametrize("fan_in, shape", [(stax.FanInProd(), (2, 4, 8)), (stax.FanInConcat(axis=1), (2, 8, 8))])
+def test_weight_free_branches_refused_by_every_fan_in_that_needs_cross_terms(fan_in, shape):
+    """A product, and a concatenation along a spatial axis, read covariances between branches: refused for
+    weight-free branches of one input; along channels the concatenation's kernel needs none and is computed."""
+    net = stax.serial(stax.Conv(8, (1,)), stax.FanOut(2), stax.parallel(stax.Identity(), stax.Identity()), fan_in)
+    x = jax.random.normal(jax.random.key(6), (2, 4, 3))
+    with pytest.raises(ValueError, match=rf"{type(fan_in).__name__}: branches \[0, 1\] draw no random weights"):
+        net.kernel(x, None, "nngp")
+    init_fn, apply_fn, _ = net
+    assert apply_fn(init_fn(jax.random.key(0), x.shape)[1], x).shape == shape
+    channels = stax.serial(stax.Conv(8, (1,)), stax.FanOut(2), stax.parallel(stax.Identity(), stax.Identity()),
+                           stax.FanInConcat())
+    single = stax.Conv(8, (1,))
+    assert_close(channels.kernel(x, None, "nngp"), single.kernel(x, None, "nngp"), x.dtype)
+
+
+def test_raw_input_branch_with_a_nonlinear_branch_raises():
+    """The network's inputs are not mean-zero: `x + relu(Wx)` has cross terms `E[relu(u)] mean(x)`."""
+    net = stax.serial(stax.FanOut(2), stax.parallel(stax.serial(stax.Dense(8), stax.Relu()), stax.Identity()),
+                      stax.FanInSum(), stax.Dense(1))
+    with pytest.raises(ValueError, match=r"FanInSum: branches \[0, 1\] are not Gaussian"):
+        net.kernel(jnp.ones((2, 8)), None, "nngp")
 
 
 def test_residual_branch_with_weights_still_adds(dtype):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import ntkit.nn as stax
+from tests.tolerance import assert_close
 
 ACTIVATIONS = {
     "Relu": stax.Relu,
@@ -118,3 +119,17 @@ def test_do_stabilize_is_accepted_by_every_relu_constructor():
     for layer in (stax.Relu(do_stabilize=True), stax.LeakyRelu(0.1, do_stabilize=True),
                   stax.ABRelu(0.0, 2.0, do_stabilize=True), stax.Abs(do_stabilize=True)):
         assert layer.nngp_fn is not None and layer.nngp_fn.args[-1] is True
+
+
+def test_do_stabilize_with_orthogonal_inputs(dtype):
+    """`Σ₁₂ = 0` exactly (orthogonal inputs, no bias): the scale comes from the variances, not from `Σ₁₂` alone
+    (which divided the variances by the smallest float: an infinite kernel)."""
+    x1, x2 = jnp.array([[3.0, 0.0]], dtype), jnp.array([[0.0, 3.0]], dtype)
+    for act in (stax.Relu, stax.Abs):
+        plain = stax.serial(stax.Dense(1), act(), stax.Dense(1)).kernel(x1, x2, ("nngp", "ntk"))
+        stable = stax.serial(stax.Dense(1), act(do_stabilize=True), stax.Dense(1)).kernel(x1, x2, ("nngp", "ntk"))
+        assert_close(stable.nngp, plain.nngp, dtype)
+        assert_close(stable.ntk, plain.ntk, dtype)
+    # ReLU of independent inputs of variance 4.5: E[relu(u)] E[relu(v)] = (√4.5 / √(2π))² = 4.5 / (2π)
+    relu = stax.serial(stax.Dense(1), stax.Relu(do_stabilize=True), stax.Dense(1)).kernel(x1, x2, "nngp")
+    assert_close(relu, np.array([[4.5 / (2 * np.pi)]]), dtype)

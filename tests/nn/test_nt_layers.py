@@ -117,6 +117,9 @@ def test_index_on_raw_inputs_is_the_indexed_closed_form(dtype):
         stax.Index(stax.Slice[0]).kernel(x, None, "nngp")
     with pytest.raises(NotImplementedError, match="channel axis"):
         stax.Index(stax.Slice[..., 0]).kernel(x, None, "nngp")
+    # a channel subset of the inputs has another kernel than all of them: refused (it was silently all channels)
+    with pytest.raises(ValueError, match="selecting channels"):
+        stax.serial(stax.Index(stax.Slice[..., :1]), stax.Conv(4, (1, 1))).kernel(x, None, "nngp")
 
 
 @pytest.mark.slow

@@ -210,10 +210,12 @@ class FanInSum(Layer):
     def transform(self, k, **kwargs):
         ks = _branches(k, "FanInSum")
         _same_shapes([s.shape1 for s in ks], "FanInSum")
-        loose = [i for i, s in enumerate(ks) if not s.is_gaussian and not s.is_input]
+        # the network's inputs are not mean-zero either: their cross terms with a nonlinearity do not vanish
+        loose = [i for i, s in enumerate(ks) if not s.is_gaussian or s.is_input]
         if len(loose) > 1:
             raise ValueError(
-                f"FanInSum: branches {loose} are not Gaussian (they end in a nonlinearity), so their sum's kernel "
+                f"FanInSum: branches {loose} are not Gaussian (they end in a nonlinearity or are the network's "
+                "inputs), so their sum's kernel "
                 "needs their cross-covariances and means, which are not tracked. End each branch but one with a "
                 "Dense/Conv layer, or sum elementwise nonlinearities of one shared input as "
                 "`FanOut(n), parallel(φ_1, ..., φ_n), FanInSum()` in a serial (computed exactly).")
@@ -288,19 +290,39 @@ def _weight_free(layer: Layer) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class _CorrelatedFanInSum(FanInSum):
-    """A `FanInSum` after `FanOut` whose branches `shared` draw no weights: deterministic functions of one input,
-    correlated, so adding their kernels would be wrong (e.g. `parallel(Identity(), AvgPool(...))`: 2× off for
-    `parallel(Identity(), Identity())`)."""
+class _CorrelatedFanIn(Layer):
+    """A fan-in after `FanOut` whose branches `shared` draw no weights: deterministic functions of one input,
+    correlated, so their kernels do not combine as independent branches' do (2× off for the sum
+    `parallel(Identity(), Identity())`). Refused, except a concatenation along channels, whose channel-averaged
+    kernel needs no cross-covariances. `init`/`apply` are the fan-in's own."""
 
-    shared: tuple[int, ...] = ()
+    inner: Layer
+    shared: tuple[int, ...]
+
+    def init(self, key, input_shape):
+        return self.inner.init(key, input_shape)
+
+    def apply(self, params, x, **kwargs):
+        return self.inner.apply(params, x, **kwargs)
 
     def transform(self, k, **kwargs):
+        name = type(self.inner).__name__
+        if isinstance(self.inner, FanInConcat):
+            shapes = [s.shape1 for s in _branches(k, name)]
+            if self.inner._axis(len(shapes[0])) == len(shapes[0]) - 1:
+                return self.inner.transform(k, **kwargs)
         raise ValueError(
-            f"FanInSum: branches {list(self.shared)} draw no random weights, so they are correlated functions of "
-            "the same input and their kernels do not add (their cross-covariances are not tracked). Give all of "
-            "them but one a Dense/Conv layer of its own, or, for elementwise nonlinearities of one input, write "
-            "`FanOut(n), parallel(φ_1, ..., φ_n), FanInSum()` (computed exactly).")
+            f"{name}: branches {list(self.shared)} draw no random weights, so they are correlated functions of the "
+            "same input and their kernels do not combine as independent branches' (their cross-covariances are not "
+            "tracked). Give all of them but one a Dense/Conv layer of its own, or, for a sum of elementwise "
+            "nonlinearities of one input, write `FanOut(n), parallel(φ_1, ..., φ_n), FanInSum()` (computed "
+            "exactly).")
+
+    def needs_full(self, out_full: bool) -> bool:
+        return self.inner.needs_full(out_full)
+
+    def cov_needs(self, out_level: CovLevel) -> CovLevel:
+        return self.inner.cov_needs(out_level)
 
 
 def _fuse_elementwise_sums(flat: list[tuple[Layer, tuple[int, ...]]]) -> list[tuple[Layer, tuple[int, ...]]]:
@@ -311,15 +333,17 @@ def _fuse_elementwise_sums(flat: list[tuple[Layer, tuple[int, ...]]]) -> list[tu
     while i < len(flat):
         window = [layer for layer, _ in flat[i:i + 3]]
         if (len(window) == 3 and isinstance(window[0], FanOut) and isinstance(window[1], parallel)
-                and isinstance(window[2], FanInSum) and len(window[1].layers) == window[0].num):
+                and isinstance(window[2], FanInSum | FanInProd | FanInConcat)
+                and len(window[1].layers) == window[0].num):
             parsed = [_elementwise_branch(b) for b in window[1].layers]
-            if all(ok for ok, _ in parsed) and any(f is not None for _, f in parsed):
+            if (isinstance(window[2], FanInSum) and all(ok for ok, _ in parsed)
+                    and any(f is not None for _, f in parsed)):
                 out.append((SumOfElementwise(tuple(f for _, f in parsed)), flat[i][1]))
                 i += 3
                 continue
             shared = [b for b, branch in enumerate(window[1].layers) if _weight_free(branch)]
             if len(shared) > 1:
-                out += [flat[i], flat[i + 1], (_CorrelatedFanInSum(tuple(shared)), flat[i + 2][1])]
+                out += [flat[i], flat[i + 1], (_CorrelatedFanIn(window[2], tuple(shared)), flat[i + 2][1])]
                 i += 3
                 continue
         out.append(flat[i])

@@ -278,7 +278,9 @@ def _stabilized(fn, degree: int, cov12, var1, var2, *args):
     (`fn` is positively homogeneous of that degree): neural-tangents' `do_stabilize`, which keeps the arc-cosine
     formulas away from under- and overflow in very deep networks. The scale carries no derivative (by
     homogeneity its contribution is zero)."""
-    scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(cov12)), jnp.finfo(cov12.dtype).tiny))
+    # the variances too: orthogonal inputs (Σ₁₂ = 0) would otherwise divide them by `tiny`
+    largest = jnp.maximum(jnp.max(jnp.abs(cov12)), jnp.maximum(jnp.max(jnp.abs(var1)), jnp.max(jnp.abs(var2))))
+    scale = jax.lax.stop_gradient(jnp.maximum(largest, jnp.finfo(cov12.dtype).tiny))
     out = fn(cov12 / scale, var1 / scale, var2 / scale, *args)
     return out if degree == 0 else out * scale ** degree
 

@@ -108,7 +108,14 @@ class Index(Layer):
 
     def transform(self, k: KernelState, **kwargs) -> KernelState:
         k = check_state(k, "Index")
-        spatial = self._per_axis(len(k.shape1))[1:-1]
+        entries = self._per_axis(len(k.shape1))
+        spatial = entries[1:-1]
+        channels = k.shape1[-1]
+        if k.is_input and len(range(channels)[entries[-1]]) != channels:
+            # the input kernel averages over all input channels; a subset's kernel cannot be read from it
+            raise ValueError(f"Index: selecting channels {entries[-1]} of the network's inputs changes their "
+                             "kernel, which is computed from all channels; index the inputs before calling the "
+                             "kernel (after a Dense/Conv, channels are exchangeable and may be indexed).")
 
         def index(a, n_batch, diagonal):
             full = (slice(None),) * n_batch
