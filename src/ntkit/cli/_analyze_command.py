@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 from typing import Any
+
+from ._args import non_negative_float, positive_float, positive_int
 
 ACTIVATIONS = ("relu", "erf", "gelu", "leaky_relu", "abs", "sigmoid_like")
 """Activations of the default MLP (`_analyze.activation_layer`); `erf` and `sigmoid_like` are tanh-like."""
@@ -20,35 +21,6 @@ DEFAULTS: dict[str, Any] = {"n_train": None, "n_test": None, "depth": 2, "width"
 """`n_train`/`n_test` None: 256 each, capped by the data (`_analyze_data.prepare`)."""
 QUICK: dict[str, Any] = {"n_train": 64, "n_test": 64, "width": 256, "steps": 100}
 SIZES = {"default": (256, 256), "quick": (64, 64)}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _float(text: str, positive: bool) -> float:
-    kind = "positive" if positive else "non-negative"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a {kind} number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise argparse.ArgumentTypeError(f"must be a finite {kind} number, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    return _float(text, positive=True)
-
-
-def _non_negative_float(text: str) -> float:
-    return _float(text, positive=False)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -77,26 +49,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     arch.add_argument("--arch", metavar="FILE.py:NAME",
                       help="an ntkit.nn layer, or a function of no arguments returning one: FILE.py:NAME or "
                            "package.module:NAME; its readout must have one output per class or target column")
-    arch.add_argument("--depth", type=_positive_int, help=f"hidden layers of the MLP (default {DEFAULTS['depth']})")
-    arch.add_argument("--width", type=_positive_int,
+    arch.add_argument("--depth", type=positive_int, help=f"hidden layers of the MLP (default {DEFAULTS['depth']})")
+    arch.add_argument("--width", type=positive_int,
                       help=f"hidden width of the MLP's finite network (default {DEFAULTS['width']}, "
                            f"--quick {QUICK['width']})")
     arch.add_argument("--activation", choices=ACTIVATIONS,
                       help=f"the MLP's nonlinearity (default {DEFAULTS['activation']})")
-    arch.add_argument("--W-std", dest="W_std", type=_positive_float,
+    arch.add_argument("--W-std", dest="W_std", type=positive_float,
                       help="weight standard deviation σ_w of every Dense layer of the MLP (default √2)")
-    arch.add_argument("--b-std", dest="b_std", type=_non_negative_float,
+    arch.add_argument("--b-std", dest="b_std", type=non_negative_float,
                       help=f"bias standard deviation σ_b of the MLP (default {DEFAULTS['b_std']})")
     run_ = p.add_argument_group("run")
-    run_.add_argument("--n-train", type=_positive_int,
+    run_.add_argument("--n-train", type=positive_int,
                       help=f"training rows (default {SIZES['default'][0]}, --quick {SIZES['quick'][0]}; at most "
                            "about 4/5 of the rows)")
-    run_.add_argument("--n-test", type=_positive_int,
+    run_.add_argument("--n-test", type=positive_int,
                       help=f"test rows (default {SIZES['default'][1]}, --quick {SIZES['quick'][1]}, at most the rest)")
-    run_.add_argument("--steps", type=_positive_int,
+    run_.add_argument("--steps", type=positive_int,
                       help=f"gradient-descent steps of the real training run (default {DEFAULTS['steps']}, "
                            f"--quick {QUICK['steps']})")
-    run_.add_argument("--learning-rate", type=_positive_float,
+    run_.add_argument("--learning-rate", type=positive_float,
                       help="learning rate of the real run (default: half the largest stable rate 2nk/λ_max of the "
                            "finite network's NTK)")
     run_.add_argument("--seed", type=int, help="random seed of the split and the initialization (default 0)")

@@ -9,32 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Any
 
+from ._args import non_negative_float, positive_int
+
 _GETS = ("ntk", "nngp")
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite non-negative number, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def _tolerance(text: str) -> float:
@@ -60,13 +41,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--y", required=True, metavar="Y.npy", help="training targets (N,), (N, k) or class labels")
     parser.add_argument("--test-kernel", metavar="STORE", help="test-train kernel (N_test, N): Zarr store or .npy")
     parser.add_argument("--y-test", metavar="Y.npy", help="test targets, for the test metrics (needs --test-kernel)")
-    parser.add_argument("--ridge", required=True, type=_non_negative, help="ridge added to the diagonal (absolute)")
+    parser.add_argument("--ridge", required=True, type=non_negative_float,
+                        help="ridge added to the diagonal (absolute)")
     parser.add_argument("--get", choices=_GETS, default="ntk", help="the stored kernel to use (default ntk)")
     parser.add_argument("--method", choices=("auto", "cholesky", "cg"), default="auto",
                         help="solver (default auto: Cholesky when the matrix fits in memory, else CG)")
     parser.add_argument("--tol", type=_tolerance, help="CG relative residual tolerance (default 1e-6 in float64)")
-    parser.add_argument("--rank", type=_positive_int, help="largest Nyström preconditioner rank (default 1000)")
-    parser.add_argument("--maxiter", type=_positive_int, help="largest number of CG iterations (default 1000)")
+    parser.add_argument("--rank", type=positive_int, help="largest Nyström preconditioner rank (default 1000)")
+    parser.add_argument("--maxiter", type=positive_int, help="largest number of CG iterations (default 1000)")
     parser.add_argument("--out", default="ntkit-fit", help="output folder (default ntkit-fit)")
 
 

@@ -12,6 +12,8 @@ import re
 import sys
 from typing import Any
 
+from ._args import positive_int
+
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12,
           "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 
@@ -35,16 +37,6 @@ def _get(text: str) -> tuple[str, ...]:
     return gets
 
 
-def _tile(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (examples per tile side), got {value}")
-    return value
-
-
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "kernel", help="an architecture's NNGP/NTK of .npy inputs, tile by tile into a Zarr store (resumable)",
@@ -61,7 +53,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, metavar="STORE", help="the Zarr store: a path or an fsspec URL")
     parser.add_argument("--get", type=_get, default=("nngp", "ntk"), metavar="{nngp,ntk,nngp,ntk}",
                         help="the kernels to store (default nngp,ntk)")
-    parser.add_argument("--tile", type=_tile, metavar="N",
+    parser.add_argument("--tile", type=positive_int, metavar="N",
                         help="examples per tile side (default: from --memory-limit, or the stored job's)")
     parser.add_argument("--memory-limit", type=_bytes, metavar="BYTES",
                         help="bytes one tile's computation may use, e.g. 8e9 or 8GiB (default: half the free "

@@ -6,8 +6,9 @@ import argparse
 import importlib
 import importlib.util
 import json
-import math
 import sys
+
+from ._args import positive_float, positive_int
 
 _DATASETS = ("digits", "iris", "wine", "breast_cancer")
 
@@ -21,31 +22,11 @@ _COMMAND_MODULES: dict[str, str] = {
 }
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
-    return value
-
-
 def _widths(text: str) -> tuple[int, ...]:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
         raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
-    widths = tuple(_positive_int(p) for p in parts)
+    widths = tuple(positive_int(p) for p in parts)
     if len(set(widths)) != len(widths):
         raise argparse.ArgumentTypeError(f"repeats a width: {text}")
     return tuple(sorted(widths))
@@ -65,13 +46,13 @@ def _parser() -> argparse.ArgumentParser:
                     "report.md and metrics.json into --out.")
     demo.add_argument("--dataset", choices=_DATASETS, help=f"scikit-learn bundled data set (default "
                                                            f"{DEFAULTS['dataset']})")
-    demo.add_argument("--n-train", type=_positive_int, help=f"training examples (default {DEFAULTS['n_train']})")
-    demo.add_argument("--n-test", type=_positive_int, help=f"test examples (default {DEFAULTS['n_test']})")
+    demo.add_argument("--n-train", type=positive_int, help=f"training examples (default {DEFAULTS['n_train']})")
+    demo.add_argument("--n-test", type=positive_int, help=f"test examples (default {DEFAULTS['n_test']})")
     demo.add_argument("--widths", type=_widths, metavar="W1,W2,...",
                       help=f"hidden widths of the finite networks (default {','.join(map(str, DEFAULTS['widths']))})")
-    demo.add_argument("--depth", type=_positive_int, help=f"hidden layers (default {DEFAULTS['depth']})")
-    demo.add_argument("--steps", type=_positive_int, help=f"gradient-descent steps (default {DEFAULTS['steps']})")
-    demo.add_argument("--learning-rate", type=_positive_float,
+    demo.add_argument("--depth", type=positive_int, help=f"hidden layers (default {DEFAULTS['depth']})")
+    demo.add_argument("--steps", type=positive_int, help=f"gradient-descent steps (default {DEFAULTS['steps']})")
+    demo.add_argument("--learning-rate", type=positive_float,
                       help="learning rate (default: half the smallest critical rate 2nk/λ_max)")
     demo.add_argument("--out", default="ntkit-report", help="report folder (default ntkit-report)")
     demo.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -39,10 +39,17 @@ def gauss_hermite_2d(g: Callable, h: Callable, cov12, var1, var2, degree: int):
     `u = √Σ₁₁ z₁`, `v = Σ₁₂/√Σ₁₁ z₁ + √(Σ₂₂ − Σ₁₂²/Σ₁₁) z₂` with `z ~ N(0, I)`; nodes of `∫ e^{-x²}` rescaled by
     `√2`. Arrays broadcast; memory is `degree ×` their size (one scan over the `z₁` nodes).
     """
+    nodes, weights = np.polynomial.hermite.hermgauss(degree)
+    return _nested_2d(g, h, cov12, var1, var2, nodes * np.sqrt(2.0), weights / np.sqrt(np.pi), degree)
+
+
+def _nested_2d(g: Callable, h: Callable, cov12, var1, var2, outer, w_outer, degree: int):
+    """`Σ_i w_outer[i] g(√Σ₁₁ z_i) E[h(v) | z₁ = z_i]` at the `outer` nodes `z_i` of `z₁`, the inner expectation over
+    `z₂` by `degree`-node Gauss–Hermite (see `gauss_hermite_2d`)."""
     cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
     dtype = cov12.dtype
     nodes, weights = np.polynomial.hermite.hermgauss(degree)
-    z = jnp.asarray(nodes * np.sqrt(2.0), dtype)
+    z = jnp.asarray(nodes * np.sqrt(2.0), dtype).reshape((1,) * cov12.ndim + (-1,))  # no implicit rank promotion
     w = jnp.asarray(weights / np.sqrt(np.pi), dtype)
     s1 = jnp.sqrt(jnp.maximum(var1, 0))
     pos = s1 > 0
@@ -51,10 +58,10 @@ def gauss_hermite_2d(g: Callable, h: Callable, cov12, var1, var2, degree: int):
 
     def body(acc, node):
         zi, wi = node
-        hv = h(a[..., None] * zi + b[..., None] * z.reshape((1,) * b.ndim + (-1,)))  # no implicit rank promotion
+        hv = h(a[..., None] * zi + b[..., None] * z)
         return acc + wi * g(s1 * zi) * (hv @ w), None
 
-    acc, _ = jax.lax.scan(body, jnp.zeros_like(cov12), (z, w))
+    acc, _ = jax.lax.scan(body, jnp.zeros_like(cov12), (jnp.asarray(outer, dtype), jnp.asarray(w_outer, dtype)))
     return acc
 
 
@@ -169,27 +176,11 @@ def gauss_split_2d(g: Callable, h: Callable, cov12, var1, var2, degree: int = 64
     on `[0, reach]` against the normal density (the mass past `reach = 10` is ~1e-23), so a `g` smooth on each
     side is integrated to near rounding; `h` must be smooth (`degree`-node Gauss–Hermite inside).
     """
-    cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
-    dtype = cov12.dtype
     t, wt = np.polynomial.legendre.leggauss(degree)
     half = (t + 1) * reach / 2
     outer = np.concatenate([-half, half])
     w_outer = np.concatenate([wt, wt]) * reach / 2 * np.exp(-outer ** 2 / 2) / np.sqrt(2 * np.pi)
-    nodes, weights = np.polynomial.hermite.hermgauss(degree)
-    z = jnp.asarray(nodes * np.sqrt(2.0), dtype)
-    w = jnp.asarray(weights / np.sqrt(np.pi), dtype)
-    s1 = jnp.sqrt(jnp.maximum(var1, 0))
-    pos = s1 > 0
-    a = jnp.where(pos, cov12 / jnp.where(pos, s1, 1), 0)
-    b = jnp.sqrt(jnp.maximum(var2 - a * a, 0))
-
-    def body(acc, node):
-        zi, wi = node
-        hv = h(a[..., None] * zi + b[..., None] * z.reshape((1,) * b.ndim + (-1,)))  # no implicit rank promotion
-        return acc + wi * g(s1 * zi) * (hv @ w), None
-
-    acc, _ = jax.lax.scan(body, jnp.zeros_like(cov12), (jnp.asarray(outer, dtype), jnp.asarray(w_outer, dtype)))
-    return acc
+    return _nested_2d(g, h, cov12, var1, var2, outer, w_outer, degree)
 
 
 def _piecewise_linear(layer: Elementwise | None) -> tuple[float, float] | None:
