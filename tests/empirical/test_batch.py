@@ -128,3 +128,13 @@ def test_monte_carlo_rejects_bad_sample_counts(n_samples):
     init_fn, apply_fn, _ = stax.serial(*NET)
     with pytest.raises(ValueError, match="n_samples"):
         nt.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.key(0), n_samples)
+
+
+def test_batch_of_a_multi_input_network(dtype):
+    """A list of inputs (a multi-input `ntkit.nn` network) is tiled by `batch` itself, not refused; against the
+    untiled kernel."""
+    _, _, kernel_fn = stax.serial(stax.parallel(stax.Dense(4), stax.Dense(4)), stax.FanInSum(), stax.Relu(),
+                                  stax.Dense(1))
+    keys = jax.random.split(jax.random.key(7), 2)
+    x = [jax.random.normal(keys[0], (5, 3), dtype), jax.random.normal(keys[1], (5, 2), dtype)]
+    assert_close(nt.batch(kernel_fn, batch_size=2)(x, None, "ntk"), kernel_fn(x, None, "ntk"), dtype)

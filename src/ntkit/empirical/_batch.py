@@ -67,7 +67,8 @@ class BatchedKernelFn:
         if "batch_size" in kwargs:
             raise TypeError("a function from `ntkit.batch` sets `batch_size` itself; pass it to `batch`.")
         size = self.batch_size or None
-        if _takes_batch_size(self.kernel_fn):
+        # ntkit's own tiling takes single arrays; lists and other pytrees of inputs are tiled here
+        if _takes_batch_size(self.kernel_fn) and not isinstance(x1, list | tuple | dict):
             out = self.kernel_fn(x1, x2, *args, batch_size=size, **kwargs)
         else:
             out = self._tiled(x1, x2, size, args, kwargs)
