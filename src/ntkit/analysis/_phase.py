@@ -56,7 +56,9 @@ def phase_diagram(activation: Any, W_std: Any, b_std: Any, *, q_init: float = 1.
       activation: an `ntkit.nn` activation layer.
       W_std: 1-D grid of `σ_w ≥ 0`.
       b_std: 1-D grid of `σ_b ≥ 0`.
-      q_init, max_depth, critical_tol: as in `signal_propagation`.
+      q_init: as in `signal_propagation`.
+      max_depth: as in `signal_propagation`.
+      critical_tol: as in `signal_propagation`.
 
     Returns:
       A `PhaseDiagram` of NumPy arrays `(len(b_std), len(W_std))`.

@@ -119,8 +119,8 @@ def monte_carlo_kernel_fn(
       >>> import jax, jax.numpy as jnp, ntkit, ntkit.nn as stax
       >>> init_fn, apply_fn, _ = stax.serial(stax.Dense(64), stax.Relu(), stax.Dense(1))
       >>> mc = ntkit.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.key(0), [1, 4])
-      >>> [k.shape for k in mc(jnp.ones((3, 2)), None, "ntk")]
-      [(3, 3), (3, 3)]
+      >>> tuple(k.shape for k in mc(jnp.ones((3, 2)), None, "ntk"))
+      ((3, 3), (3, 3))
     """
     _sample_counts(n_samples)
     size = None if batch_size in (0, None) else check_positive_int(batch_size, "batch_size")
