@@ -74,6 +74,7 @@ class Lazy:
         budget = BLOCK_BYTES if block_bytes is None else block_bytes
         self.block_elements = max(1, int(budget // self.dtype.itemsize))
         self.block_rows = max(1, int(budget // max(1, self.shape[1] * self.dtype.itemsize)))
+        self._passes = 0
 
     def _read(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
         block = np.asarray(self.k[i0:i1, j0:j1]).astype(self.dtype, copy=False)
@@ -94,26 +95,56 @@ class Lazy:
             out[i0:i1] = self._read(i0, i1, 0, n2) @ v
         return out
 
+    def _upper_tiles(self, tile: int, wanted: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
+        """The stored tiles `(i0, i1, j0, j1)` (on and above the diagonal), only those touching the row tiles
+        `wanted` (booleans) when given; in reverse order on every other pass, so that a store larger than the page
+        cache starts each pass on the tiles the previous one read last (still cached), rather than evicting every
+        tile just before it is needed again."""
+        n = self.shape[0]
+        starts = range(0, n, tile)
+        out = [(i0, min(i0 + tile, n), j0, min(j0 + tile, n)) for i0 in starts for j0 in starts
+               if j0 >= i0 and (wanted is None or wanted[i0 // tile] or wanted[j0 // tile])]
+        self._passes += 1
+        return out if self._passes % 2 else out[::-1]
+
     def _symmetric_matmul(self, v: np.ndarray, tile: int) -> np.ndarray:
         """`K V` for a store holding only the tiles on and above the diagonal (`k.upper_tile`): each stored tile is
         read once and used for its block and the mirrored one, half the reading of a pass by row blocks."""
+        out = np.zeros((self.shape[0],) + v.shape[1:], self.dtype)
+        for i0, i1, j0, j1 in self._upper_tiles(tile):
+            block = self._read(i0, i1, j0, j1)
+            out[i0:i1] += block @ v[j0:j1]
+            if j0 != i0:
+                out[j0:j1] += block.T @ v[i0:i1]
+        return out
+
+    def _symmetric_rows(self, idx: np.ndarray, tile: int) -> np.ndarray:
+        """`K[idx, :]` from the stored upper tiles, each read at most once: a row of `K` runs through a row of
+        stored tiles and, mirrored, down a column of them, so reading whole row blocks would read the mirrored
+        tiles once per row block (the store's full size for every few pivots)."""
         n = self.shape[0]
-        out = np.zeros((n,) + v.shape[1:], self.dtype)
-        for i0 in range(0, n, tile):
-            i1 = min(i0 + tile, n)
-            for j0 in range(i0, n, tile):
-                j1 = min(j0 + tile, n)
-                block = self._read(i0, i1, j0, j1)
-                out[i0:i1] += block @ v[j0:j1]
-                if j0 != i0:
-                    out[j0:j1] += block.T @ v[i0:i1]
+        out = np.zeros((len(idx), n), self.dtype)
+        which = idx // tile
+        wanted = np.zeros(-(-n // tile), bool)
+        wanted[which] = True
+        for i0, i1, j0, j1 in self._upper_tiles(tile, wanted):
+            block = self._read(i0, i1, j0, j1)
+            in_i = np.flatnonzero(which == i0 // tile)
+            if in_i.size:
+                out[in_i, j0:j1] = block[idx[in_i] - i0]
+            in_j = np.flatnonzero(which == j0 // tile)
+            if j0 != i0 and in_j.size:
+                out[in_j, i0:i1] = block[:, idx[in_j] - j0].T
         return out
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """`K[idx, :]`, reading for each row block that holds some of `idx` the rows from the first to the last of
         them in one slice: at most one pass over the matrix, whatever its chunks (a single row of a store chunked
-        in square tiles would decompress whole tiles)."""
+        in square tiles would decompress whole tiles). A store of upper tiles is read tile by tile instead."""
         idx = np.asarray(idx, dtype=np.int64)
+        tile = getattr(self.k, "upper_tile", None)
+        if isinstance(tile, int) and tile > 0 and self.shape[0] == self.shape[1]:
+            return self._symmetric_rows(idx, tile)
         out = np.zeros((len(idx), self.shape[1]), self.dtype)
         blocks = idx // self.block_rows
         for b in np.unique(blocks):
@@ -125,6 +156,9 @@ class Lazy:
     def diagonal(self) -> np.ndarray:
         n = min(self.shape)
         size = min(max(1, math.isqrt(self.block_elements)), n)  # diagonal blocks of at most `block_bytes`
+        tile = getattr(self.k, "upper_tile", None)
+        if isinstance(tile, int) and tile > 0:
+            size = tile  # the stored diagonal tiles, each read whole
         return np.concatenate([np.diagonal(self._read(i, min(i + size, n), i, min(i + size, n)))
                                for i in range(0, n, size)])
 
