@@ -79,7 +79,7 @@ def test_resume_recomputes_only_missing_tiles_bit_identically(tmp_path, dtype, m
         jobs.open(tmp_path / "b.zarr", "nngp")
     computed = []
     run_tile = _job.run_tile
-    monkeypatch.setattr(_job, "run_tile", lambda *a: computed.append(a[-2:]) or run_tile(*a))
+    monkeypatch.setattr(_job, "run_tile", lambda *a, **kw: computed.append(a[-2:]) or run_tile(*a, **kw))
     assert jobs.kernel_job(layer, x, store=tmp_path / "b.zarr", progress=False).complete  # tile from the store
     assert sorted(computed) == sorted(lost)
     for g in ("nngp", "ntk"):

@@ -6,7 +6,10 @@ import functools
 import importlib.metadata
 import math
 import numbers
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -46,6 +49,7 @@ def kernel_job(
     memory_limit: float | None = None,
     params: Any = None,
     client: Any = None,
+    devices: Sequence[Any] | None = None,
     progress: bool = True,
 ) -> JobStatus:
     """Computes the `(N1, N2)` kernel `K(x1, x2)` tile by tile into a Zarr store; rerunning resumes.
@@ -78,6 +82,9 @@ def kernel_job(
       client: a `dask.distributed.Client`: tiles become tasks, the inputs and parameters are scattered to every
         worker once, and workers write their tiles straight to the store (which they must be able to reach: a
         shared file system or an object store). A worker lost mid-job costs only its tasks, which Dask reruns.
+      devices: without a client, the JAX devices that compute tiles, one thread each taking the next missing tile
+        (default `jax.local_devices()`: every GPU of the machine; a CPU is one device whose computations already
+        use all cores). Tiles are bit-identical whichever device of one kind computes them.
       progress: show a progress bar (tiles done, rate, ETA).
 
     Returns:
@@ -133,9 +140,8 @@ def kernel_job(
     with tqdm(total=total, initial=total - len(missing), desc="kernel tiles", unit="tile", disable=not progress,
               dynamic_ncols=True) as bar:
         if client is None:
-            for i, j in missing:
-                run_tile(store, identity, kernel, x1, x2, params, i, j)
-                bar.update()
+            _run_on_devices(list(jax.local_devices() if devices is None else devices), store, identity, kernel, x1,
+                            x2, params, missing, bar)
         else:
             _run_on_cluster(client, store, identity, kernel, x1, x2, params, missing, bar)
     return status(store)
@@ -215,15 +221,55 @@ def _arrays(store: str, identity: Identity) -> dict[str, Any]:
 
 
 def run_tile(store: str, identity: Identity, kernel: KernelFunction, x1: np.ndarray, x2: np.ndarray | None,
-             params: Any, i: int, j: int) -> tuple[int, int]:
-    """Computes tile `(i, j)` and writes it to `store` (in this process: a worker's task, or the local loop)."""
+             params: Any, i: int, j: int, device: Any = None) -> tuple[int, int]:
+    """Computes tile `(i, j)` and writes it to `store` (in this process: a worker's task, or the local loop), on
+    `device` when given (the inputs are placed there, so the compiled program runs there)."""
     if jnp.asarray(x1[:1]).dtype != x1.dtype:
         raise RuntimeError(f"this job's inputs are {x1.dtype} but JAX here runs without 64-bit types: start the "
                            "process (every Dask worker) with JAX_ENABLE_X64=1.")
     a, b = identity.tiles().inputs(x1, x2, i, j)
+    if device is not None:
+        a, b = jax.device_put((a, b), device)
     blocks = _program(kernel)(params, a, b)
     write_tile(_arrays(store, identity), identity, i, j, blocks)
     return i, j
+
+
+def _run_on_devices(devices: list[Any], store: str, identity: Identity, kernel: KernelFunction, x1: np.ndarray,
+                    x2: np.ndarray | None, params: Any, missing: list[tuple[int, int]], bar: Any) -> None:
+    """The missing tiles in order on one device, or taken in turn by one thread per device (XLA releases the GIL
+    while it computes); the first error stops every thread and is raised."""
+    if not devices:
+        raise ValueError("`devices` must name at least one JAX device.")
+    if len(devices) == 1 or len(missing) <= 1:
+        placed = jax.device_put(params, devices[0]) if params is not None else None
+        for i, j in missing:
+            run_tile(store, identity, kernel, x1, x2, placed, i, j, device=devices[0])
+            bar.update()
+        return
+    _program(kernel)  # compiled-program cache filled before the threads read it
+    tiles: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+    for tile in missing:
+        tiles.put(tile)
+    failed = threading.Event()
+
+    def work(device: Any) -> None:
+        placed = jax.device_put(params, device) if params is not None else None
+        while not failed.is_set():
+            try:
+                i, j = tiles.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                run_tile(store, identity, kernel, x1, x2, placed, i, j, device=device)
+            except BaseException:
+                failed.set()
+                raise
+            bar.update()
+
+    with ThreadPoolExecutor(len(devices), thread_name_prefix="ntkit-tiles") as pool:
+        for future in [pool.submit(work, d) for d in devices]:
+            future.result()
 
 
 def _run_on_cluster(client: Any, store: str, identity: Identity, kernel: KernelFunction, x1: np.ndarray,
