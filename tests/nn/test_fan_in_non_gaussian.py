@@ -110,6 +110,33 @@ def test_cross_expectations_against_scipy(dtype, cov12, var1, var2):
         np.testing.assert_allclose(float(d_nngp), reference(kinked_first, df, dg), rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("cov12, var1, var2", [(0.3, 1.0, 0.7), (-0.9, 1.5, 0.6), (0.0, 0.4, 2.0)])
+def test_sign_with_relu_family_against_scipy(dtype, cov12, var1, var2):
+    """`E[sign(u) φ(v)]` for φ in the ReLU family is closed-form (it was integrated numerically, ~3e-3 off): SciPy
+    with the sign outside (split at its jump) and the inner integral split at φ's kink."""
+    s1 = math.sqrt(var1)
+    a = cov12 / s1
+    b = math.sqrt(var2 - a * a)
+    dens = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    args = [jnp.asarray(v, dtype) for v in (cov12, var1, var2)]
+    rtol = 1e-9 if dtype == jnp.float64 else 1e-5
+    for layer, phi in ((stax.Relu(), lambda t: max(t, 0.0)), (stax.LeakyRelu(0.2), lambda t: max(t, 0.2 * t)),
+                       (stax.Abs(), abs), (None, lambda t: t)):
+        def inner(z1, phi=phi):
+            kink = -a * z1 / b
+            f = lambda z2: phi(a * z1 + b * z2) * dens(z2)  # noqa: E731
+            return sum(integrate.quad(f, lo, hi, epsabs=1e-13, epsrel=1e-12)[0]
+                       for lo, hi in ((-12 + min(kink, 0), kink), (kink, 12 + max(kink, 0))))
+
+        want = (integrate.quad(lambda z1: inner(z1) * dens(z1), 0, 12, epsabs=1e-13, epsrel=1e-12)[0]
+                - integrate.quad(lambda z1: inner(z1) * dens(z1), -12, 0, epsabs=1e-13, epsrel=1e-12)[0])
+        for f, g, swap in ((stax.Sign(), layer, False), (layer, stax.Sign(), True)):
+            nngp, d_nngp = cross_expectations(f, g, *(args if not swap else [args[0], args[2], args[1]]),
+                                              with_derivative=True)
+            np.testing.assert_allclose(float(nngp), want, rtol=rtol, atol=rtol)
+            assert float(d_nngp) == 0.0  # sign' = 0 almost everywhere, as autodiff of the finite network
+
+
 def test_two_nonlinear_branches_outside_the_pattern_raise():
     net = stax.serial(stax.Dense(4), stax.FanOut(2), stax.parallel(stax.serial(stax.Dense(4), stax.Relu()),
                                                                    stax.Erf()), stax.FanInSum())

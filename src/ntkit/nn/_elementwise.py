@@ -193,17 +193,30 @@ def _piecewise_linear(layer: Elementwise | None) -> tuple[float, float] | None:
     return None
 
 
+def _is_sign(layer: Elementwise | None) -> bool:
+    return layer is not None and layer.name == "Sign" and layer.fn is _sign
+
+
 def cross_expectations(f: Elementwise | None, g: Elementwise | None, cov12, var1, var2, with_derivative: bool):
     """`(E[φ_f(u) φ_g(v)], E[φ_f'(u) φ_g'(v)])` for two nonlinearities of one centred Gaussian pair (`None`: the
     identity); the second is `None` unless `with_derivative`.
 
     The same layer uses its own kernel; two members of the ReLU family (or the identity), `φ = c x + d|x|`, have
     `E = c_f c_g Σ₁₂ + d_f d_g E[|u||v|]` and `E' = c_f c_g + d_f d_g (2/π) arcsin(cos θ)` (odd × even terms
-    vanish); anything else is integrated by `gauss_split_2d`, with the kinked one outside.
+    vanish), and so has `Sign` with one of them; anything else is integrated by `gauss_split_2d`, with the kinked
+    one outside.
     """
     if f is not None and f == g:
         return f._nngp(cov12, var1, var2), f._d_nngp(cov12, var1, var2) if with_derivative else None
     pf, pg = _piecewise_linear(f), _piecewise_linear(g)
+    if _is_sign(g) and pf is not None:  # the closed form below has the sign first
+        return cross_expectations(g, f, cov12, var2, var1, with_derivative)
+    if _is_sign(f) and pg is not None:
+        # E[sign(u) (c v + d|v|)] = c E[sign(u) v] = c √(2/π) Σ₁₂/√Σ₁₁ (odd × even vanishes); sign' = 0
+        pos1 = var1 > 0
+        r1 = jnp.where(pos1, 1 / jnp.sqrt(jnp.where(pos1, var1, 1)), 0)
+        nngp = pg[0] * math.sqrt(2 / math.pi) * cov12 * r1
+        return nngp, _zero_d_nngp(cov12, var1, var2) if with_derivative else None
     if pf is not None and pg is not None:
         (cf, df), (cg, dg) = pf, pg
         nngp = cf * cg * cov12 + df * dg * _abrelu_nngp(cov12, var1, var2, -1.0, 1.0)
