@@ -164,8 +164,10 @@ class KernelArray:
         array = self._zarr()
         if not self.identity.symmetric:
             return np.asarray(array[r0:r1, c0:c1])
-        out = np.empty((r1 - r0, c1 - c0), self.dtype)
         t = self.identity.tile
+        if r0 // t <= c0 // t and (r1 - 1) // t == r0 // t and (c1 - 1) // t == c0 // t:
+            return np.asarray(array[r0:r1, c0:c1])  # within one stored tile: no copy into a new block
+        out = np.empty((r1 - r0, c1 - c0), self.dtype)
         for ti in range(r0 // t, -(-r1 // t)):
             a0, a1 = max(ti * t, r0), min((ti + 1) * t, r1)
             for tj in range(c0 // t, -(-c1 // t)):

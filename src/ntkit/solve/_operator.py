@@ -75,6 +75,9 @@ class Lazy:
         self.block_elements = max(1, int(budget // self.dtype.itemsize))
         self.block_rows = max(1, int(budget // max(1, self.shape[1] * self.dtype.itemsize)))
         self._passes = 0
+        # pivot rows read together in one pass of randomly pivoted Cholesky (float64, within one block's bytes):
+        # each pass reads the whole matrix, however few rows it needs
+        self.pivot_block = max(128, int(budget // (8 * max(1, self.shape[1]))))
 
     def _read(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
         block = np.asarray(self.k[i0:i1, j0:j1]).astype(self.dtype, copy=False)

@@ -246,7 +246,7 @@ def kernel_ridge(k: Any, y: Any, ridge: float, method: Method = "auto", precondi
         room = int(memory_budget_bytes() / 8 / (8 * n))
         r = min(n, DEFAULT_RANK if options.rank is None else options.rank, max(room, 1))
         rng = np.random.default_rng(options.seed)
-        nys = rp_cholesky(op, r, ridge, rng, name=name)
+        nys = rp_cholesky(op, r, ridge, rng, block=getattr(op, "pivot_block", None), name=name)
         precond = Preconditioner(nys.factor, ridge, dtype)
     else:
         if hasattr(op, "k") and isinstance(op.k, np.ndarray):
