@@ -110,13 +110,13 @@ def _moment_exact_params(layers, d, dtype):
     for i, layer in enumerate(layers):
         has_bias = layer.b_std is not None
         m = _orthogonal_rows(10 + i, n + has_bias, layer.out_dim, dtype)
-        w, b = m[:n], (m[n] if has_bias else None)
+        w, b = m[:n], (m[n:n + 1] if has_bias else None)  # the bias as init's: `(1, out)`
         if layer.parameterization == "standard":
             w = w * (layer.W_std / math.sqrt(n))
             b = None if b is None else b * layer.b_std
         params.append((w, b))
         n = layer.out_dim
-    return tuple(params)
+    return params  # a list, as `serial`'s init
 
 
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
@@ -158,6 +158,8 @@ def test_linear_network_with_moment_exact_weights_is_analytic(parameterization, 
     _, random_params = init_fn(jax.random.key(0), x1.shape)
     params = _moment_exact_params(layers, 3, dtype)
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(random_params)
+    assert [p.shape for p in jax.tree_util.tree_leaves(params)] == [
+        p.shape for p in jax.tree_util.tree_leaves(random_params)]
     empirical = ntkit.empirical_kernel_fn(apply_fn, vmap_axes=0)
     for other in (None, x2):
         analytic = kernel_fn(x1, other, ("nngp", "ntk"))

@@ -55,9 +55,10 @@ ACTIVATIONS = {
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation_vs_monte_carlo(name, dtype):
-    """One hidden layer, width 256, 32 networks."""
+    """One hidden layer, width 256, 32 networks (128 for the polynomial, whose quadratic term makes the NNGP
+    estimate noisier: over 8 keys its error at 32 networks spread over 2-8%, at 128 networks 2-4%)."""
     net = stax.serial(stax.Dense(WIDTH, W_std=1.1, b_std=0.2), ACTIVATIONS[name](), stax.Dense(WIDTH, b_std=0.1))
-    check_mc(net, _inputs(dtype), N_SAMPLES, 0.08)
+    check_mc(net, _inputs(dtype), 4 * N_SAMPLES if name == "polynomial" else N_SAMPLES, 0.08)
 
 
 def test_deep_mlp_vs_monte_carlo(dtype):
@@ -153,8 +154,10 @@ def test_conv_spatial_output_vs_monte_carlo(dtype):
 
 @pytest.mark.parametrize("name", sorted(CONV_NETS))
 def test_conv_vs_monte_carlo(name, dtype):
-    """2-D convolution nets on 6x5x3 images, 64 channels, 32 networks."""
-    check_mc(CONV_NETS[name](64), _inputs(dtype, (3, 6, 5, 3)), N_SAMPLES, 0.1)
+    """2-D convolution nets on 6x5x3 images, 64 channels, 32 networks (64 for `circular_avgpool`, whose NNGP
+    estimate is the noisiest: over 6 keys its error at 32 networks spread over 4-11%, at 64 networks 2-5%)."""
+    n_samples = 2 * N_SAMPLES if name == "circular_avgpool" else N_SAMPLES
+    check_mc(CONV_NETS[name](64), _inputs(dtype, (3, 6, 5, 3)), n_samples, 0.1)
 
 
 def _conv_gap(dims, width, padding="CIRCULAR"):

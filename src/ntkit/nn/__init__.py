@@ -4,6 +4,7 @@ Each layer unpacks as `init_fn, apply_fn, kernel_fn`, as in neural-tangents' `st
 build the finite network, `kernel_fn` its infinite-width kernels (docs/theory.md §2).
 """
 
+from ._aggregate import Aggregate as Aggregate
 from ._attention import GlobalSelfAttention as GlobalSelfAttention
 from ._combinators import FanInConcat as FanInConcat
 from ._combinators import FanInProd as FanInProd
@@ -15,6 +16,7 @@ from ._combinators import repeat as repeat
 from ._combinators import serial as serial
 from ._conv import Conv as Conv
 from ._conv_local import ConvLocal as ConvLocal
+from ._conv_transpose import ConvTranspose as ConvTranspose
 from ._custom import Bool as Bool
 from ._custom import Diagonal as Diagonal
 from ._custom import FunctionLayer as FunctionLayer
@@ -43,12 +45,15 @@ from ._elementwise import Sigmoid_like as Sigmoid_like
 from ._elementwise import Sign as Sign
 from ._elementwise import Sin as Sin
 from ._elementwise import gauss_hermite_2d as gauss_hermite_2d
+from ._enums import AggregateImplementation as AggregateImplementation
 from ._enums import AttentionMechanism as AttentionMechanism
 from ._enums import Padding as Padding
 from ._enums import PositionalEmbedding as PositionalEmbedding
 from ._indexing import Index as Index
 from ._indexing import Slice as Slice
 from ._layer import Layer as Layer
+from ._masking import MaskedArray as MaskedArray
+from ._masking import unmask_fn as unmask_fn
 from ._normalization import LayerNorm as LayerNorm
 from ._nt_activations import ExpNormalized as ExpNormalized
 from ._nt_activations import Gabor as Gabor

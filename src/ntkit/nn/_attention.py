@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from ._axes import check_axis_argument, check_layout
 from ._layer import Layer
+from ._masking import masked_mean
 from ._state import CovLevel, check_state, drop_diagonal_covariances, mixing_cov_needs
 
 _MECHANISMS = ("SOFTMAX", "IDENTITY")
@@ -80,28 +81,31 @@ class GlobalSelfAttention(Layer):
         if len(input_shape) < 3:
             raise ValueError(f"GlobalSelfAttention needs inputs (N, *spatial, C), got shape {input_shape}.")
         c = input_shape[-1]
-        ks = jax.random.split(key, 5)
+        # neural-tangents' keys, order and shapes: `(W_q, W_k, W_v, W_o, b, pos_emb)` from `split(key, 6)`, heads
+        # first; ntkit's queries are never tied to the keys, so `W_q` is drawn for `linear_scaling=True` too (where
+        # neural-tangents has `None`), and `pos_emb` is `None` (no positional embeddings)
+        k_q, k_k, k_v, k_o, k_b, _ = jax.random.split(key, 6)
         h, nk, nv = self.n_heads, self.n_chan_key, self.n_chan_val
-        params = (jax.random.normal(ks[0], (c, h, nk)), jax.random.normal(ks[1], (c, h, nk)),
-                  jax.random.normal(ks[2], (c, h, nv)), jax.random.normal(ks[3], (h * nv, self.n_chan_out)),
-                  None if self.b_std is None else jax.random.normal(ks[4], (self.n_chan_out,)))
+        params = (jax.random.normal(k_q, (h, c, nk)), jax.random.normal(k_k, (h, c, nk)),
+                  jax.random.normal(k_v, (h, c, nv)), jax.random.normal(k_o, (nv * h, self.n_chan_out)),
+                  None if self.b_std is None else jax.random.normal(k_b, (1,) * (len(input_shape) - 1)
+                                                                     + (self.n_chan_out,)),
+                  None)
         return input_shape[:-1] + (self.n_chan_out,), params
 
-    def apply(self, params, x, **kwargs):
-        wq, wk, wv, wo, b = params
+    def apply(self, params, x, mask=None, **kwargs):
+        wq, wk, wv, wo, b, _ = params
         shape = x.shape
         c = shape[-1]
         x = jnp.reshape(x, (shape[0], -1, c))
-        q = self.W_query_std / math.sqrt(c) * jnp.einsum("npc,chk->nhpk", x, wq)
-        k = self.W_key_std / math.sqrt(c) * jnp.einsum("npc,chk->nhpk", x, wk)
-        v = self.W_value_std / math.sqrt(c) * jnp.einsum("npc,chk->nhpk", x, wv)
+        q = self.W_query_std / math.sqrt(c) * jnp.einsum("npc,hck->nhpk", x, wq)
+        k = self.W_key_std / math.sqrt(c) * jnp.einsum("npc,hck->nhpk", x, wk)
+        v = self.W_value_std / math.sqrt(c) * jnp.einsum("npc,hck->nhpk", x, wv)
         scale = self.n_chan_key if self.linear_scaling else math.sqrt(self.n_chan_key)
         logits = jnp.einsum("nhpk,nhqk->nhpq", q, k) / scale
-        if self.attention_mechanism == "SOFTMAX":
-            attn = jax.nn.softmax(logits, axis=-1)
-        else:
-            attn = logits / logits.shape[-1]
-        heads = jnp.einsum("nhpq,nhqv->nphv", attn, v).reshape(shape[0], x.shape[1], -1)
+        attn = _attend(logits, mask, self.attention_mechanism == "SOFTMAX")
+        # heads concatenated as neural-tangents does: value channel major, head minor (row `v·H + h` of `W_o`)
+        heads = jnp.einsum("nhpq,nhqv->npvh", attn, v).reshape(shape[0], x.shape[1], -1)
         out = self.W_out_std / math.sqrt(heads.shape[-1]) * heads @ wo
         if b is not None:
             out = out + self.b_std * b.reshape(1, 1, -1)
@@ -123,9 +127,10 @@ class GlobalSelfAttention(Layer):
         value = self.W_out_std ** 2 * self.W_value_std ** 2
         bias = 0.0 if self.b_std is None else self.b_std ** 2
 
-        def mean(a, nb):
-            """Mean over all position pairs, kept as size-1 axes to broadcast back to every pair."""
-            return jnp.mean(a, tuple(range(nb, nb + 2 * n)), keepdims=True)
+        def mean(a, nb, which="nngp"):
+            """Mean over all position pairs (with masks, over pairs of unmasked keys), kept as size-1 axes to
+            broadcast back to every pair."""
+            return masked_mean(k, a, which, tuple(range(nb, nb + 2 * n)), keepdims=True)
 
         k = drop_diagonal_covariances(k)
         shapes = dict(shape1=k.shape1[:-1] + (self.n_chan_out,), shape2=k.shape2[:-1] + (self.n_chan_out,),
@@ -138,28 +143,43 @@ class GlobalSelfAttention(Layer):
                              cov1=None if k.cov1 is None else constant(k.cov1),
                              cov2=None if k.cov2 is None else constant(k.cov2), **shapes)
         if self.linear_scaling:  # softmax of vanishing logits: the uniform average
-            def uniform(a, nb):
-                return jnp.broadcast_to(value * mean(a, nb) + bias, a.shape)
+            def uniform(a, nb, which="nngp"):
+                return jnp.broadcast_to(value * mean(a, nb, which) + bias, a.shape)
 
             nngp = uniform(k.nngp, 2)
             ntk = None if k.ntk is None else nngp + value * jnp.broadcast_to(mean(k.nngp + k.ntk, 2), k.ntk.shape)
-            return k.replace(nngp=nngp, ntk=ntk, cov1=None if k.cov1 is None else uniform(k.cov1, 1),
-                             cov2=None if k.cov2 is None else uniform(k.cov2, 1), **shapes)
+            return k.replace(nngp=nngp, ntk=ntk, cov1=None if k.cov1 is None else uniform(k.cov1, 1, "cov1"),
+                             cov2=None if k.cov2 is None else uniform(k.cov2, 1, "cov2"), **shapes)
         scale = value * self.W_query_std ** 2 * self.W_key_std ** 2
 
-        def identity(a, nb):
-            return scale * a * mean(a * a, nb) + bias
+        def identity(a, nb, which="nngp"):
+            return scale * a * mean(a * a, nb, which) + bias
 
         nngp = identity(k.nngp, 2)
         ntk = None
         if k.ntk is not None:
             squares, mixed = mean(k.nngp * k.nngp, 2), mean(k.nngp * k.ntk, 2)
             ntk = nngp + scale * (3 * k.nngp * squares + k.ntk * squares + 2 * k.nngp * mixed)
-        return k.replace(nngp=nngp, ntk=ntk, cov1=None if k.cov1 is None else identity(k.cov1, 1),
-                         cov2=None if k.cov2 is None else identity(k.cov2, 1), **shapes)
+        return k.replace(nngp=nngp, ntk=ntk, cov1=None if k.cov1 is None else identity(k.cov1, 1, "cov1"),
+                         cov2=None if k.cov2 is None else identity(k.cov2, 1, "cov2"), **shapes)
 
     def needs_full(self, out_full: bool) -> bool:
         return True
 
     def cov_needs(self, out_level: CovLevel) -> CovLevel:
         return mixing_cov_needs(out_level)
+
+
+def _attend(logits: jax.Array, mask: jax.Array | None, softmax: bool) -> jax.Array:
+    """Attention weights from logits `(N, H, P, P)`: softmax over keys, or the logits over the number of keys.
+
+    With `mask` (`(N, *S, C')`, `True` at masked entries; a key is masked when all its channels are) masked keys
+    get no weight: the softmax runs over unmasked keys and the identity divides by their number.
+    """
+    if mask is None:
+        return jax.nn.softmax(logits, axis=-1) if softmax else logits / logits.shape[-1]
+    keys = jnp.all(mask, -1).reshape(mask.shape[0], 1, 1, -1)
+    if softmax:
+        return jax.nn.softmax(jnp.where(keys, jnp.finfo(logits.dtype).min, logits), axis=-1)
+    count = jnp.sum(~keys, -1, keepdims=True).astype(logits.dtype)
+    return jnp.where(keys, jnp.zeros((), logits.dtype), logits) / jnp.maximum(count, jnp.ones((), logits.dtype))

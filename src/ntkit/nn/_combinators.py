@@ -41,14 +41,17 @@ class serial(Layer):  # noqa: N801 -- stax name
         object.__setattr__(self, "layers", tuple(layers))
 
     def init(self, key, input_shape):
+        """Parameters as neural-tangents' (and `jax.example_libraries.stax`'s) `serial`: a list, one entry per
+        layer; before each layer `key, layer_key = split(key)` and the layer gets `layer_key`."""
         params = []
         for i, layer in enumerate(self.layers):
+            key, layer_key = jax.random.split(key)
             try:
-                input_shape, p = layer.init(jax.random.fold_in(key, i), input_shape)
+                input_shape, p = layer.init(layer_key, input_shape)
             except ValueError as err:
                 raise ValueError(f"serial: layer {i} ({type(layer).__name__}): {err}") from err
             params.append(p)
-        return input_shape, tuple(params)
+        return input_shape, params
 
     def apply(self, params, x, **kwargs):
         for i, (layer, p) in enumerate(zip(self.layers, params, strict=True)):
@@ -96,11 +99,50 @@ class serial(Layer):  # noqa: N801 -- stax name
         return [(tuple(flat[i][0] for i in segment), tuple(flat[i][1] for i in segment)) for segment in segments]
 
 
-def repeat(layer: Layer, n: int) -> serial:
-    """`layer` applied `n` times (independent weights per copy)."""
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"`n` must be a non-negative integer, got {n!r}.")
-    return serial(*([layer] * n))
+@dataclasses.dataclass(frozen=True, init=False)
+class repeat(serial):  # noqa: N801 -- stax name
+    """`layer` applied `n` times with independent weights: the network and kernel of `serial(*[layer] * n)`.
+
+    Parameters as neural-tangents' `repeat`: the layer's parameter tree with every leaf stacked along a new leading
+    axis of size `n` (copy `i` at index `i`), drawn with the keys `serial` would give the copies. The layer must keep
+    its input shape.
+
+    Example:
+      >>> import jax, ntkit.nn as stax
+      >>> _, params = stax.repeat(stax.Dense(4), 3).init(jax.random.key(0), (2, 4))
+      >>> params[0].shape
+      (3, 4, 4)
+    """
+
+    layer: Layer
+    n: int
+
+    def __init__(self, layer: Layer, n: int):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"`n` must be a non-negative integer, got {n!r}.")
+        super().__init__(*([layer] * n))
+        object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "n", n)
+
+    def __repr__(self) -> str:
+        return f"repeat({self.layer!r}, {self.n})"
+
+    def init(self, key, input_shape):
+        out_shape, _ = self.layer.init(key, input_shape)  # the output shape (and the layer's own checks)
+        if tuple(out_shape) != tuple(input_shape):
+            raise ValueError(f"repeat: the layer maps shape {tuple(input_shape)} to {tuple(out_shape)}; it must keep "
+                             "the shape (use serial(*[layer] * n) instead).")
+
+        def step(key, _):
+            key, layer_key = jax.random.split(key)
+            return key, self.layer.init(layer_key, input_shape)[1]
+
+        return out_shape, jax.lax.scan(step, key, None, self.n)[1]
+
+    def apply(self, params, x, **kwargs):
+        for i in range(self.n):
+            x = self.layer.apply(jax.tree_util.tree_map(lambda a, i=i: a[i], params), x, **fold_rng(kwargs, i))
+        return x
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -118,8 +160,10 @@ class parallel(Layer):  # noqa: N801 -- stax name
 
     def init(self, key, input_shape):
         self._check(input_shape, "input shapes")
-        outs = [layer.init(jax.random.fold_in(key, i), s) for i, (layer, s) in enumerate(zip(self.layers,
-                                                                                            input_shape, strict=True))]
+        # as neural-tangents' (and `jax.example_libraries.stax`'s) `parallel`: layer `i` gets `split(key, n)[i]`,
+        # the parameters are a tuple
+        keys = jax.random.split(key, len(self.layers))
+        outs = [layer.init(keys[i], s) for i, (layer, s) in enumerate(zip(self.layers, input_shape, strict=True))]
         return [o[0] for o in outs], tuple(o[1] for o in outs)
 
     def apply(self, params, x, **kwargs):

@@ -14,6 +14,7 @@ from ._dense import (
     add_bias,
     affine_kernel,
     affine_scales,
+    bias_shape,
     check_parameterization,
     check_scales,
     init_affine,
@@ -33,6 +34,9 @@ class Conv(Layer):
     filter size. Kernel (docs/theory.md §2; Novak et al. 2019, Garriga-Alonso et al. 2019):
     `Σ'[i, i'] = σ_w²/q Σ_j Σ[s·i + j, s·i' + j] + σ_b²` — the same offset on both sides — and `Θ'` likewise plus
     `Σ'`. With diagonal-only covariances this is a box filter over `Σ[i, i]`.
+
+    Parameters `(W, b)` as neural-tangents': the filter `W` in `HWIO` layout (`(*filter_shape, C, out_chan)`), the
+    bias `b` of shape `(1, ..., 1, out_chan)` or `None`, drawn by `init_affine`.
 
     Args:
       out_chan: channels of the finite layer.
@@ -111,8 +115,8 @@ class Conv(Layer):
         spatial = self._check_spatial(input_shape)
         c_in = input_shape[-1]
         fan_in = math.prod(self.filter_shape) * c_in / self._s[0]
-        params = init_affine(key, self.filter_shape + (c_in, self._width), fan_in, self._width, self.W_std,
-                             self.b_std, self.parameterization)
+        params = init_affine(key, self.filter_shape + (c_in, self._width), fan_in,
+                             bias_shape(len(input_shape), self._width), self.W_std, self.b_std, self.parameterization)
         return (input_shape[0],) + spatial + (self._width,), params
 
     def apply(self, params, x, **kwargs):

@@ -32,6 +32,9 @@ class ConvLocal(Conv):
     positions vanish at infinite width, `Σ'[i, i'] = δ(i, i') (σ_w²/q Σ_j Σ[s·i + j, s·i + j] + σ_b²)` and
     `Θ'[i, i'] = δ(i, i') (Σ'[i, i] + σ_w²/q Σ_j Θ[s·i + j, s·i + j])`. Arguments as `Conv`.
 
+    Parameters `(W, b)` as neural-tangents': `W` of shape `(*S', C·q, out_chan)` (one filter per output position
+    `S'`, patches ordered as `jax.lax.conv_general_dilated_local`'s), `b` of shape `(1, *S', out_chan)` or `None`.
+
     Example:
       >>> import jax.numpy as jnp, ntkit.nn as stax
       >>> stax.ConvLocal(4, (2,)).kernel(jnp.ones((2, 3, 1)), None, "nngp").shape
@@ -53,14 +56,9 @@ class ConvLocal(Conv):
         input_shape = tuple(input_shape)
         spatial = self._check_spatial(input_shape)
         fan_in = math.prod(self.filter_shape) * input_shape[-1]
-        k_w, k_b = jax.random.split(key)
-        w, _ = init_affine(k_w, spatial + (fan_in, self._width), fan_in / self._s[0], self._width, self.W_std, None,
-                           self.parameterization)
-        b = None
-        if self.b_std is not None:
-            b = jax.random.normal(k_b, spatial + (self._width,))
-            b = b * self.b_std if self.parameterization == "standard" else b
-        return (input_shape[0],) + spatial + (self._width,), (w, b)
+        params = init_affine(key, spatial + (fan_in, self._width), fan_in / self._s[0], (1,) + spatial + (self._width,),
+                             self.W_std, self.b_std, self.parameterization)
+        return (input_shape[0],) + spatial + (self._width,), params
 
     def apply(self, params, x, **kwargs):
         w, b = params
@@ -70,7 +68,7 @@ class ConvLocal(Conv):
         s_w, s_b = affine_scales(self.W_std, self.b_std, self.parameterization, patches.shape[-1], self._s[0])
         if b is None:
             return s_w * z
-        return s_w * z + s_b * b[None]
+        return s_w * z + s_b * (b if b.ndim == z.ndim else b[None])
 
     def transform(self, k, **kwargs) -> KernelState:
         out = super().transform(k, **kwargs)

@@ -15,6 +15,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from . import _masking
 from ._layer import Layer
 from ._state import COV_FULL, CovLevel, KernelState
 
@@ -87,12 +88,18 @@ class FunctionLayer(Layer):
 
     It receives full per-example covariances, and full spatial covariances unless its `kernel_fn` was decorated
     with `requires(diagonal_spatial=Diagonal(input=Bool.YES))`.
+
+    Built from a function decorated with `supports_masking`, it takes masked inputs: `mask_rule(mask, input_shape)`
+    gives its output's mask, `apply_fn` receives the input's mask as `mask=` and `kernel_fn` reads `k.mask1`,
+    `k.mask2`; with `remask_kernel` the covariances at masked positions are zeroed after `kernel_fn`.
     """
 
     init_fn: Callable[..., Any]
     apply_fn: Callable[..., Any]
     kernel_fn: Callable[..., Any]
     name: str = "layer"
+    mask_rule: Callable[..., Any] | None = None
+    remask_kernel: bool = False
 
     def init(self, key, input_shape):
         return self.init_fn(key, input_shape)
@@ -131,7 +138,10 @@ def layer(layer_fn: Callable[..., Any]) -> Callable[..., FunctionLayer]:
     @functools.wraps(layer_fn)
     def build(*args: Any, **kwargs: Any) -> FunctionLayer:
         fns = layer_fn(*args, **kwargs)
-        if len(fns) == 4:  # neural-tangents' `(..., mask_fn)` of a masking layer: ntkit has no masks
+        if isinstance(fns, _MaskingFns):  # from `supports_masking`
+            return FunctionLayer(fns.init_fn, fns.inner_apply_fn, fns.kernel_fn, layer_fn.__name__, fns.mask_rule,
+                                 fns.remask_kernel)
+        if len(fns) == 4:  # a `mask_fn` without `supports_masking`: the layer takes no masks
             fns = fns[:3]
         if len(fns) != 3 or not all(callable(f) for f in fns):
             raise TypeError(f"{layer_fn.__name__} must return (init_fn, apply_fn, kernel_fn), got {fns!r}.")
@@ -141,24 +151,60 @@ def layer(layer_fn: Callable[..., Any]) -> Callable[..., FunctionLayer]:
     return build
 
 
+class _MaskingFns(tuple):
+    """`(init_fn, apply_fn, kernel_fn)` of a layer declared with `supports_masking`, with what `layer` needs to
+    build a `FunctionLayer` taking masks."""
+
+    init_fn: Callable[..., Any]
+    inner_apply_fn: Callable[..., Any]
+    kernel_fn: Callable[..., Any]
+    mask_rule: Callable[..., Any]
+    remask_kernel: bool
+
+
 def supports_masking(remask_kernel: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """neural-tangents' masking decorator, for porting layers that carry it: ntkit has no masked inputs, so the
-    layer is unchanged except that a `mask_fn` (fourth function) is dropped and `apply_fn` raises
-    `NotImplementedError` when given `mask_constant`."""
-    del remask_kernel
+    """Decorator declaring that a custom layer takes masked inputs (neural-tangents' `supports_masking`; put it
+    under `layer`).
+
+    The decorated function returns `(init_fn, apply_fn, kernel_fn)` or `(init_fn, apply_fn, kernel_fn, mask_fn)`:
+    `apply_fn(params, x, mask=None, **kwargs)` receives the input's mask (booleans, `True` where masked), `kernel_fn`
+    may read `k.mask1`/`k.mask2`, and `mask_fn(mask, input_shape)` gives the output's mask (the input's when
+    absent). The result unpacks as `(init_fn, apply_fn, kernel_fn)` with an `apply_fn` taking `mask_constant=`
+    (returning a `MaskedArray`); under `layer`, the layer takes masks in `serial` networks and `kernel_fn(...,
+    mask_constant=c)`.
+
+    Args:
+      remask_kernel: zero the covariances at masked positions after `kernel_fn` (needed unless `kernel_fn` keeps
+        them zero).
+    """
+    remask_kernel = bool(remask_kernel)
 
     def decorate(layer_fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(layer_fn)
-        def without_masks(*args: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
-            init_fn, apply_fn, kernel_fn = layer_fn(*args, **kwargs)[:3]
+        def with_masks(*args: Any, **kwargs: Any) -> _MaskingFns:
+            fns = layer_fn(*args, **kwargs)
+            if len(fns) not in (3, 4) or not all(callable(f) for f in fns):
+                raise TypeError(f"{layer_fn.__name__} must return (init_fn, apply_fn, kernel_fn[, mask_fn]), got "
+                                f"{fns!r}.")
+            init_fn, apply_fn, kernel_fn = fns[:3]
+            mask_rule = fns[3] if len(fns) == 4 else _same_mask
 
             def apply(params: Any, x: Any, mask_constant: Any = None, **kw: Any) -> Any:
-                if mask_constant is not None:
-                    raise NotImplementedError("masked inputs (`mask_constant`) are not supported by ntkit.")
-                return apply_fn(params, x, **kw)
+                x, mask = _masking.masked_input(x, mask_constant)
+                if mask is None:
+                    return apply_fn(params, x, **kw)
+                out = apply_fn(params, x, mask=mask, **kw)
+                return _masking.MaskedArray(out, mask_rule(mask, tuple(x.shape)))
 
-            return init_fn, apply, kernel_fn
+            out = _MaskingFns((init_fn, apply, kernel_fn))
+            out.init_fn, out.inner_apply_fn, out.kernel_fn = init_fn, apply_fn, kernel_fn
+            out.mask_rule, out.remask_kernel = mask_rule, remask_kernel
+            return out
 
-        return without_masks
+        return with_masks
 
     return decorate
+
+
+def _same_mask(mask: Any, input_shape: Any) -> Any:
+    return mask

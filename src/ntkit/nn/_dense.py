@@ -48,25 +48,35 @@ def affine_kernel(k: KernelState, linear: Callable, W_std: float, b_std: float |
         shape1=shape1, shape2=shape2, is_gaussian=True, is_input=False)
 
 
-def init_affine(key, w_shape, fan_in, out_dim, W_std, b_std, parameterization):
-    """`W ~ N(0, 1)` (NTK) or `N(0, σ_w²/n)` (standard, `n = fan_in`); `b ~ N(0, 1)` (NTK) or `N(0, σ_b²)`.
+def init_affine(key, w_shape, fan_in, b_shape, W_std, b_std, parameterization):
+    """`(W, b)` drawn as neural-tangents draws them: `k_W, k_b = split(key)`, `W ~ N(0, 1)` of `w_shape` from `k_W`
+    and `b ~ N(0, 1)` of `b_shape` from `k_b` (NTK); standard parameterization scales them by `σ_w/√n`
+    (`n = fan_in`) and `σ_b`.
 
-    No `b` when `b_std` is None.
+    `b` is `None` when `b_std` is None. With one key, the same values as neural-tangents 0.6.5 (with
+    `jax_threefry_partitionable=False`, its era's default). An int `b_shape` means `(b_shape,)`.
     """
+    b_shape = (b_shape,) if isinstance(b_shape, int) else tuple(b_shape)
     k_w, k_b = jax.random.split(key)
-    w = jax.random.normal(k_w, w_shape)
-    b = None if b_std is None else jax.random.normal(k_b, (out_dim,))
+    w = jax.random.normal(k_w, tuple(w_shape))
+    b = None if b_std is None else jax.random.normal(k_b, b_shape)
     if parameterization == "standard":
         w = w * (W_std / fan_in ** 0.5)
         b = None if b is None else b * b_std
     return (w, b)
 
 
+def bias_shape(ndim: int, width: int) -> tuple[int, ...]:
+    """neural-tangents' bias shape for outputs of `ndim` axes, channels last: `(1, ..., 1, width)`."""
+    return (1,) * (ndim - 1) + (width,)
+
+
 def add_bias(z, b, s_b):
-    """`z + s_b b` with the bias `(C,)` broadcast over the leading axes explicitly (rank promotion may be off)."""
+    """`z + s_b b`, the bias `(1, ..., 1, C)` (or `(C,)`) reshaped to the rank of `z` explicitly (rank promotion may
+    be off)."""
     if b is None:
         return z
-    return z + s_b * b.reshape((1,) * (z.ndim - 1) + b.shape)
+    return z + s_b * b.reshape((1,) * (z.ndim - 1) + (b.shape[-1],))
 
 
 def affine_scales(W_std, b_std, parameterization, fan_in, s_in: int = 1) -> tuple[float, float]:
@@ -95,6 +105,9 @@ class Dense(Layer):
     NTK parameterization: `z = σ_w/√n · W x + σ_b · b`, `W, b ~ N(0, 1)`; standard: `z = W x / √s_in + b` with
     `W ~ N(0, σ_w² s_in/n)`, `b ~ N(0, σ_b²)` and `s_out · out_dim` units (Jacot et al. 2018; Lee et al. 2019;
     Sohl-Dickstein et al. 2020 for `s`). Kernel: see `affine_kernel`, with fan-in `n / s_in` in the standard NTK.
+
+    Parameters `(W, b)` as neural-tangents': `W` of shape `(n, out)`, `b` of shape `(1, ..., 1, out)` (the rank of
+    the input) or `None` without a bias, drawn by `init_affine`.
 
     Args:
       out_dim: width of the finite layer (the kernel does not depend on it in NTK parameterization).
@@ -146,8 +159,8 @@ class Dense(Layer):
         input_shape = tuple(input_shape)
         check_layout(self.batch_axis, self.channel_axis, len(input_shape), "Dense")
         n = input_shape[-1]
-        params = init_affine(key, (n, self._width()), n / self._s[0], self._width(), self.W_std, self.b_std,
-                             self.parameterization)
+        params = init_affine(key, (n, self._width()), n / self._s[0], bias_shape(len(input_shape), self._width()),
+                             self.W_std, self.b_std, self.parameterization)
         return input_shape[:-1] + (self._width(),), params
 
     def apply(self, params, x, **kwargs):

@@ -21,6 +21,7 @@ from .._checks import check_array, check_batch_size
 from .._kernel import GETS, Kernel, parse_get, select
 from .._kwargs import fold_rng, split_kwargs
 from .._tiling import Assembly, Tiles, interleaved_mirror
+from . import _masking
 from ._state import COV_FULL, COV_NONE, CovLevel, KernelState, input_state
 
 
@@ -51,23 +52,45 @@ def _is_state(x: Any) -> bool:
     return isinstance(x, list | tuple) and len(x) > 0 and all(isinstance(s, KernelState) for s in x)
 
 
-def _check_input(x: Any, name: str) -> Any:
+def _check_input(x: Any, name: str, mask_constant: Any = None) -> Any:
     if isinstance(x, list | tuple):
-        return [_check_input(xi, f"{name}[{i}]") for i, xi in enumerate(x)]
+        return [_check_input(xi, f"{name}[{i}]", mask_constant) for i, xi in enumerate(x)]
+    if mask_constant is not None and hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
+        x = jnp.asarray(x)  # masked entries may be NaN or Inf (a NaN `mask_constant`): the rest is checked
+        check_array(_masking.masked_input(x, mask_constant)[0], name, min_ndim=2, floating=True, nonempty=True)
+        return x
     return check_array(x, name, min_ndim=2, floating=True, nonempty=True)
 
 
-def _inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level):
+def _input(x1, x2, diagonal_spatial, compute_ntk, cov_level, mask_constant):
+    """Kernel of one pair of inputs; with `mask_constant` (a 0-d array) their masked entries are zeroed and the
+    masks carried."""
+    if mask_constant is None:
+        return input_state(x1, x2, diagonal_spatial, compute_ntk, cov_level)
+    x1, mask1 = _masking.masked_input(x1, mask_constant)
+    x2, mask2 = (None, None) if x2 is None else _masking.masked_input(x2, mask_constant)
+    return input_state(x1, x2, diagonal_spatial, compute_ntk, cov_level).replace(mask1=mask1, mask2=mask2)
+
+
+def _inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level, mask_constant=None):
     if isinstance(x1, list):
         x2s = [None] * len(x1) if x2 is None else x2
-        return [input_state(a, b, diagonal_spatial, compute_ntk, cov_level) for a, b in zip(x1, x2s, strict=True)]
-    return input_state(x1, x2, diagonal_spatial, compute_ntk, cov_level)
+        return [_input(a, b, diagonal_spatial, compute_ntk, cov_level, mask_constant)
+                for a, b in zip(x1, x2s, strict=True)]
+    return _input(x1, x2, diagonal_spatial, compute_ntk, cov_level, mask_constant)
+
+
+def transform_step(layer, k, **kwargs):
+    """`layer.transform(k, **kwargs)`, through the layer's masking rule when `k` carries masks."""
+    if _masking.has_masks(k):
+        return _masking.transform(layer, k, kwargs)
+    return layer.transform(k, **kwargs)
 
 
 def _transform(layers, static_kwargs, k, dynamic_kwargs):
     """Applies `layers` in order; `dynamic_kwargs[i]` are layer `i`'s traced keyword arguments."""
     for layer, dynamic in zip(layers, dynamic_kwargs, strict=True):
-        k = layer.transform(k, **dict(dynamic, **dict(static_kwargs)))
+        k = transform_step(layer, k, **dict(dynamic, **dict(static_kwargs)))
     return k
 
 
@@ -108,7 +131,7 @@ def _step_kwargs(dynamic_kwargs: dict[str, Any],
     return tuple(out)
 
 
-def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2, dynamic_kwargs):
+def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2, dynamic_kwargs, mask_constant=None):
     """Input kernel, then the layers of a top-level `serial` one jitted step at a time.
 
     One `jit` over a deep network lets XLA fuse each layer into the next, and since a layer reads its input
@@ -129,9 +152,9 @@ def _run(layer, diagonal_spatial, compute_ntk, cov_level, static_kwargs, x1, x2,
     def step(k, layers, indices):
         return transform(layers, static_kwargs, k, _step_kwargs(dynamic_kwargs, indices))
 
-    k = inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level)
+    k = inputs(x1, x2, diagonal_spatial, compute_ntk, cov_level, mask_constant)
     steps = layer.compiled_steps()
-    if not _traced(x1, x2, dynamic_kwargs):
+    if not _traced(x1, x2, dynamic_kwargs, mask_constant):
         for layers, indices in steps:
             k = _named_step(step, k, layers, indices)
         return k
@@ -224,17 +247,19 @@ def _state_bytes(k) -> int:
 
 
 def estimate_peak_bytes(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level, static_kwargs,
-                        dynamic_kwargs) -> float:
-    """Estimated peak memory of `_run` on these inputs, from the shapes of every step's kernel state."""
+                        dynamic_kwargs, masked: bool = False) -> float:
+    """Estimated peak memory of `_run` on these inputs, from the shapes of every step's kernel state (`masked`:
+    with masks, as `mask_constant` gives)."""
     abstract = lambda a: None if a is None else jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
     leaves, tree = jax.tree_util.tree_flatten(dynamic_kwargs)
     estimate = _estimate_cached if _hashable(layer) else _estimate_cached.__wrapped__
     return estimate(layer, abstract(x1), abstract(x2), diagonal_spatial, compute_ntk, cov_level,
-                            static_kwargs, tuple(abstract(a) for a in leaves), tree)
+                    static_kwargs, tuple(abstract(a) for a in leaves), tree, masked)
 
 
 @functools.lru_cache(maxsize=256)
-def _estimate_cached(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level, static_kwargs, leaves, tree) -> float:
+def _estimate_cached(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level, static_kwargs, leaves, tree,
+                     masked=False) -> float:
     # Tracing every step is not free; repeated calls on the same shapes reuse the estimate.
     dynamic_kwargs = jax.tree_util.tree_unflatten(tree, leaves)
 
@@ -242,7 +267,8 @@ def _estimate_cached(layer, x1, x2, diagonal_spatial, compute_ntk, cov_level, st
         return jax.eval_shape(lambda state, dyn: _transform(layers, static_kwargs, state, _step_kwargs(dyn, indices)),
                               k, dynamic_kwargs)
 
-    k = jax.eval_shape(lambda a, b: _inputs(a, b, diagonal_spatial, compute_ntk, cov_level), x1, x2)
+    constant = jax.ShapeDtypeStruct((), x1.dtype) if masked else None
+    k = jax.eval_shape(lambda a, b, c: _inputs(a, b, diagonal_spatial, compute_ntk, cov_level, c), x1, x2, constant)
     peak = _state_bytes(k)
     for layers, indices in layer.compiled_steps():
         k = _named_step(step, k, layers, indices)
@@ -267,17 +293,25 @@ def _batch_size_for(memory_limit, estimate, n1: int, n2: int) -> int:
 
 
 def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: int | None, kwargs: dict[str, Any],
-                   memory_limit: float | None = None) -> Any:
+                   memory_limit: float | None = None, mask_constant: Any = None) -> Any:
     """`layer`'s kernel between `x1` and `x2` (see `Layer.kernel` for the arguments)."""
     gets, single = (None, False) if get is None else parse_get(get)
     batch_size = check_batch_size(batch_size)
     if _is_state(x1):
         if x2 is not None:
             raise ValueError("`x2` must be None when `x1` is a KernelState (it already holds both inputs).")
+        if mask_constant is not None:
+            raise ValueError("`mask_constant` applies to inputs; a KernelState carries its masks (`mask1`, `mask2`).")
+        if _masking.has_masks(x1):  # step by step, each layer through its masking rule
+            k = x1
+            for layers, indices in layer.compiled_steps():
+                k = _named_step(lambda s, ls, ix: _transform(ls, (), s, _step_kwargs(kwargs, ix)), k, layers, indices)
+            return _select(k, gets, single)
         return _select(layer.transform(x1, **kwargs), gets, single)
-    x1 = _check_input(x1, "x1")
+    _check_mask_constant(mask_constant)
+    x1 = _check_input(x1, "x1", mask_constant)
     if x2 is not None:
-        x2 = _check_input(x2, "x2")
+        x2 = _check_input(x2, "x2", mask_constant)
         if isinstance(x1, list) != isinstance(x2, list):
             raise ValueError("`x1` and `x2` must both be arrays or both lists of arrays.")
         for a, b in zip(x1 if isinstance(x1, list) else [x1], x2 if isinstance(x2, list) else [x2], strict=True):
@@ -289,9 +323,11 @@ def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: i
     # the whole state comes back when `get` is None; otherwise only what later layers read
     cov_level = layer.cov_needs(COV_FULL if gets is None else COV_NONE)
     dynamic, static = split_kwargs(kwargs)
+    constant = _mask_constant(mask_constant, x1)
 
-    def run(a, b):
-        return _run(layer, diagonal_spatial, compute_ntk, cov_level, static, a, b, dynamic)
+    def run(a, b, rows=slice(None), cols=slice(None)):
+        tile = graph_tile(dynamic, rows, None if b is None else cols, x2 is None)
+        return _run(layer, diagonal_spatial, compute_ntk, cov_level, static, a, b, tile, constant)
 
     single_array = not isinstance(x1, list)
     n1 = x1.shape[0] if single_array else 0
@@ -304,7 +340,9 @@ def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: i
         else:  # off-diagonal tiles carry both sides' own covariances
             other = x1 if x2 is None else x2
             c = jax.ShapeDtypeStruct((min(b, n2),) + other.shape[1:], other.dtype)
-        return estimate_peak_bytes(layer, a, c, diagonal_spatial, compute_ntk, cov_level, static, dynamic)
+        tile = graph_tile(dynamic, slice(0, min(b, n1)), None if c is None else slice(0, min(b, n2)), x2 is None)
+        return estimate_peak_bytes(layer, a, c, diagonal_spatial, compute_ntk, cov_level, static, tile,
+                                   constant is not None)
 
     if memory_limit is not None:
         if batch_size is not None:
@@ -326,7 +364,37 @@ def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: i
     return _select(_tiled(run, x1, x2, batch_size, gets), gets, single)
 
 
-def _tiled(run: Callable[[Any, Any], KernelState], x1: Any, x2: Any, batch_size: int,
+def _check_mask_constant(mask_constant: Any) -> None:
+    if mask_constant is None:
+        return
+    array = isinstance(mask_constant, np.ndarray | np.generic | jax.Array)
+    if isinstance(mask_constant, bool) or not (isinstance(mask_constant, numbers.Real) or array):
+        raise TypeError(f"`mask_constant` must be a real number or None, got {mask_constant!r}.")
+    if np.ndim(mask_constant) != 0:
+        raise ValueError(f"`mask_constant` must be a scalar, got an array of shape {np.shape(mask_constant)}.")
+
+
+def _mask_constant(mask_constant: Any, x1: Any) -> jax.Array | None:
+    """`mask_constant` as a 0-d array of the inputs' dtype (traced, so a NaN constant compiles once), or None."""
+    if mask_constant is None:
+        return None
+    dtype = (x1[0] if isinstance(x1, list) else x1).dtype
+    return jnp.asarray(mask_constant).astype(dtype)
+
+
+def graph_tile(dynamic: dict[str, Any], rows: slice, cols: slice | None, x2_is_x1: bool) -> dict[str, Any]:
+    """`dynamic` for the examples `rows` of `x1` and `cols` of `x2` (`None`: a tile of `x1` with itself): the
+    `pattern` of `Aggregate` holds one graph per example (batch axis first) and is cut with them. Unchanged for the
+    whole batch (`rows == slice(None)`)."""
+    pattern = dynamic.get("pattern")
+    if pattern is None or rows == slice(None):
+        return dynamic
+    p1, p2 = pattern if isinstance(pattern, tuple | list) else (pattern, None)
+    p2 = p1 if p2 is None and x2_is_x1 else p2
+    return dict(dynamic, pattern=(p1[rows], None if cols is None or p2 is None else p2[cols]))
+
+
+def _tiled(run: Callable[..., KernelState], x1: Any, x2: Any, batch_size: int,
            gets: tuple[str, ...] | None) -> Any:
     """The kernel in tiles; with `gets` None the whole state, per-example covariances taken from the tiles."""
     n1 = x1.shape[0]
@@ -336,8 +404,10 @@ def _tiled(run: Callable[[Any, Any], KernelState], x1: Any, x2: Any, batch_size:
     assemblies: dict[str, Assembly] = {}
     covs1: dict[int, Any] = {}
     covs2: dict[int, Any] = {}
+    masks1: dict[int, Any] = {}
+    masks2: dict[int, Any] = {}
     for i, j in tiles.progress():
-        state = run(*tiles.inputs(x1, x2, i, j))
+        state = run(*tiles.inputs(x1, x2, i, j), tiles.rows[i], tiles.cols[j])
         if state.nngp.ndim > 2 and state.diagonal_spatial:
             raise ValueError("tiling expects full spatial covariances at the output.")
         for g in fields:
@@ -346,8 +416,10 @@ def _tiled(run: Callable[[Any, Any], KernelState], x1: Any, x2: Any, batch_size:
                     assemblies[g] = tiles.assembly(interleaved_mirror(state.nngp.ndim))
                 assemblies[g].add(i, j, getattr(state, g))
         covs1.setdefault(i, state.cov1)
+        masks1.setdefault(i, state.mask1)
         if x2 is not None:
             covs2.setdefault(j, state.cov2)
+            masks2.setdefault(j, state.mask2)
     kernels = {g: assemblies[g].result() if g in assemblies else None for g in GETS}
     if gets is not None:
         return Kernel(**kernels)
@@ -358,4 +430,6 @@ def _tiled(run: Callable[[Any, Any], KernelState], x1: Any, x2: Any, batch_size:
     return state.replace(
         nngp=kernels["nngp"], ntk=kernels["ntk"], cov1=concat([covs1[i] for i in range(len(tiles.rows))]),
         cov2=None if x2 is None else concat([covs2[j] for j in range(len(tiles.cols))]),
+        mask1=concat([masks1[i] for i in range(len(tiles.rows))]),
+        mask2=None if x2 is None else concat([masks2[j] for j in range(len(tiles.cols))]),
         shape1=(n1,) + state.shape1[1:], shape2=(n2,) + state.shape2[1:], x1_is_x2=x2 is None)

@@ -35,3 +35,10 @@ class PositionalEmbedding(enum.StrEnum):
     NONE = "NONE"
     SUM = "SUM"
     CONCAT = "CONCAT"
+
+
+class AggregateImplementation(enum.StrEnum):
+    """Pattern format of `Aggregate`: `DENSE` (an adjacency tensor) or `SPARSE` (edge lists); see `Aggregate`."""
+
+    DENSE = "DENSE"
+    SPARSE = "SPARSE"

@@ -12,6 +12,9 @@ neural-tangents' `stax` ports unchanged. A subclass implements `init`, `apply` a
 when it needs off-diagonal spatial covariances (pooling, attention) or can drop them (`Flatten`), `needs_full`;
 when it reads the per-example covariances differently from a position-wise linear map, `cov_needs`.
 
+Every layer's `apply` also takes neural-tangents' `mask_constant=` keyword (or a `MaskedArray` input) and its
+`kernel` the same keyword: masked inputs, handled by `_masking` (see `ntkit.nn.MaskedArray`).
+
 Hyperparameters given as concrete 0-d arrays (`Dense(512, W_std=jnp.sqrt(2.0))`, as neural-tangents code often
 writes them) are stored as Python scalars, so layers stay hashable and their compiled kernel steps are cached;
 traced ones (`jax.grad` with respect to `W_std`) are kept and run inside the caller's trace.
@@ -20,13 +23,16 @@ traced ones (`jax.grad` with respect to `W_std`) are kept and run inside the cal
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._kernel import GETS, STATE_GETS, fields_tuple, parse_get
+from . import _masking
 from ._axes import check_layout
 from ._driver import compute_kernel
 from ._enums import AttentionMechanism, Padding, PositionalEmbedding
@@ -47,8 +53,9 @@ def canonical_hyperparameter(value: Any) -> Any:
         return value
     if isinstance(value, jax.Array | np.ndarray | np.generic) and np.ndim(value) == 0:
         dtype = np.dtype(value.dtype)
-        if dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating):
-            return np.asarray(value).item()
+        # `jnp.issubdtype` knows bfloat16 and the other ML floats as floating, NumPy's does not
+        if dtype == np.bool_ or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating):
+            return float(value) if jnp.issubdtype(dtype, jnp.floating) else np.asarray(value).item()
     return value
 
 
@@ -61,8 +68,29 @@ class _LayerMeta(abc.ABCMeta):
         return super().__call__(*args, **kwargs)
 
 
+def _with_masking(apply: Callable[..., Any]) -> Callable[..., Any]:
+    """`apply` taking neural-tangents' `mask_constant=` keyword (or a `MaskedArray` input): masked entries count
+    as zero and a `MaskedArray` comes back (see `ntkit.nn.MaskedArray`)."""
+    @functools.wraps(apply)
+    def masked(self, params, x, *args, mask_constant=None, **kwargs):
+        if mask_constant is None and not isinstance(x, _masking.MaskedArray):
+            return apply(self, params, x, *args, **kwargs)
+        if args:
+            raise TypeError(f"{type(self).__name__}.apply takes `params` and `x` positionally, got {len(args)} more.")
+        return _masking.apply_fn(self, params, x, mask_constant, kwargs)
+
+    masked.with_masking = True  # type: ignore[attr-defined]
+    return masked
+
+
 class Layer(metaclass=_LayerMeta):
     """Base class of analytic layers (see the module docstring)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        apply = cls.__dict__.get("apply")
+        if apply is not None and not getattr(apply, "with_masking", False):
+            cls.apply = _with_masking(apply)  # type: ignore[method-assign]
 
     pointwise: ClassVar[bool] = False
     """Whether the layer reads its input kernel entry by entry (a nonlinearity): it is then compiled together with
@@ -139,10 +167,13 @@ class Layer(metaclass=_LayerMeta):
             example's own covariance), `False` raises `NotImplementedError`.
           diagonal_spatial: neural-tangents' keyword: `True` returns only the entries with equal positions
             (`(N1, N2, S_1, ..., S_k)` instead of `(N1, N2, S_1, S_1', ...)`); `None`/`False` all pairs.
-          mask_constant: neural-tangents' masked inputs; ntkit has none and raises `NotImplementedError` unless
-            `None`.
-          pattern: neural-tangents' graph `Aggregate` input; ntkit has no `Aggregate` and raises
-            `NotImplementedError` unless `None`.
+          mask_constant: neural-tangents' masked inputs: entries of `x1`/`x2` equal to it (NaN: the NaN entries)
+            are masked: they count as zero, and covariances involving a position the network masks are zero
+            (how each layer propagates masks: `ntkit.nn.MaskedArray`; other layers raise a `ValueError`). The
+            state returned with `get=None` carries the masks as `mask1`, `mask2`.
+          pattern: the graphs of `Aggregate` layers, `(pattern1, pattern2)` for `x1` and `x2` (with `x2=None`,
+            `pattern1` alone or `(pattern1, None)`), each with the batch axis first (cut with the examples when
+            tiling); passed to every layer as the keyword `pattern`, read by `Aggregate` only.
           batch_axis: neural-tangents' layout of the inputs: must be 0 (batch first).
           channel_axis: must name the last axis (channels last).
           **kwargs: passed to every layer's kernel (array values are traced); ntkit's own layers read none, custom
@@ -154,11 +185,8 @@ class Layer(metaclass=_LayerMeta):
         if diagonal_batch is not None and not diagonal_batch:
             raise NotImplementedError("`diagonal_batch=False` (the (N1, N1) covariance of x1 with itself, per "
                                       "neural-tangents) is not supported; call kernel_fn(x1, None, ...) for it.")
-        if mask_constant is not None:
-            raise NotImplementedError("masked inputs (`mask_constant`) are not supported by ntkit.")
         if pattern is not None:
-            raise NotImplementedError("`pattern` is the input of neural-tangents' `Aggregate` (graph networks), "
-                                      "which ntkit does not have.")
+            kwargs["pattern"] = pattern
         for a in x1 if isinstance(x1, list | tuple) else [x1]:
             ndim = 0 if isinstance(a, KernelState) else int(np.ndim(a))  # inputs, not a state to continue from
             if ndim:
@@ -167,9 +195,9 @@ class Layer(metaclass=_LayerMeta):
             raise TypeError(f"`diagonal_spatial` must be a bool or None, got {diagonal_spatial!r}.")
         fields, single = (None, False) if get is None else parse_get(get, STATE_GETS)
         if fields is not None and set(fields) <= set(GETS):
-            out = compute_kernel(self, x1, x2, get, batch_size, kwargs, memory_limit)
+            out = compute_kernel(self, x1, x2, get, batch_size, kwargs, memory_limit, mask_constant)
             return _map_outputs(_diagonal_kernel, out) if diagonal_spatial else out
-        state = compute_kernel(self, x1, x2, None, batch_size, kwargs, memory_limit)
+        state = compute_kernel(self, x1, x2, None, batch_size, kwargs, memory_limit, mask_constant)
         if diagonal_spatial:
             state = _map_outputs(diagonal_spatial_state, state)
         if fields is None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._axes import check_axis_argument, check_layout
 from ._layer import Layer
+from ._masking import masked_mean, position_mask
 from ._state import (
     COV_DIAGONAL,
     COV_NONE,
@@ -206,10 +207,19 @@ class GlobalAvgPool(Layer):
             raise ValueError(f"{type(self).__name__} needs inputs with spatial axes, got shape {tuple(input_shape)}.")
         return (input_shape[0], input_shape[-1]), ()
 
-    def apply(self, params, x, **kwargs):
+    def apply(self, params, x, mask=None, **kwargs):
+        """The pooled `x`; with `mask` (`(N, *S, 1)`, `True` at masked positions, where `x` is zero) the mean is
+        over unmasked positions only."""
         self.init(None, x.shape)
         axes = tuple(range(1, x.ndim - 1))
-        return jnp.mean(x, axes) if self._average else jnp.sum(x, axes)
+        if not self._average:
+            return jnp.sum(x, axes)
+        positions = position_mask(mask, self)
+        if positions is None:
+            return jnp.mean(x, axes)
+        count = jnp.sum(~positions, axes).astype(x.dtype)  # (N,)
+        total = jnp.sum(jnp.where(jnp.broadcast_to(mask, x.shape), jnp.zeros((), x.dtype), x), axes)
+        return total / jnp.maximum(count, jnp.ones((), x.dtype))[:, None]
 
     def transform(self, k, **kwargs):
         k = check_state(k, type(self).__name__)
@@ -217,9 +227,15 @@ class GlobalAvgPool(Layer):
         if k.diagonal_spatial:
             raise ValueError(f"{type(self).__name__} needs full spatial covariances; the kernel carries only the "
                              "diagonal.")
-        reduce = jnp.mean if self._average else jnp.sum
         k = drop_diagonal_covariances(k)
-        return k.map(lambda a, nb, diagonal: reduce(a, _spatial_axes(k, nb))).replace(
+        # with masks (`mask_constant`), the mean over pairs of unmasked positions
+        return k.replace(
+            nngp=masked_mean(k, k.nngp, "nngp", _spatial_axes(k, 2), average=self._average),
+            ntk=None if k.ntk is None else masked_mean(k, k.ntk, "nngp", _spatial_axes(k, 2), average=self._average),
+            cov1=None if k.cov1 is None else masked_mean(k, k.cov1, "cov1", _spatial_axes(k, 1),
+                                                         average=self._average),
+            cov2=None if k.cov2 is None else masked_mean(k, k.cov2, "cov2", _spatial_axes(k, 1),
+                                                         average=self._average),
             shape1=(k.shape1[0], k.shape1[-1]), shape2=(k.shape2[0], k.shape2[-1]), is_input=False)
 
     def needs_full(self, out_full: bool) -> bool:

@@ -55,9 +55,13 @@ class KernelState:
       x1_is_x2: whether `x2` is `x1` (then `Σ(x1, x2)` has the per-example variances on its diagonal).
       cov_diagonal: whether `cov1`/`cov2` hold positions `i = i'` only while `nngp` holds all pairs.
 
-    neural-tangents' `Kernel` also had `is_reversed`, `diagonal_batch`, `batch_axis`, `channel_axis`, `mask1` and
-    `mask2`; they are read-only properties here with the only values ntkit uses (not reversed, per-example
-    covariances, batch axis 0, channels last, no masks), so custom layers reading them port.
+      mask1: masked entries of the activations on `x1` (`kernel_fn(..., mask_constant=c)`), booleans of shape
+        `(N1, *S, C)` or `(N1, *S, 1)` (a whole position), or `None` without masks (see `ntkit.nn.MaskedArray`).
+      mask2: the same for `x2` (`None` when `x2` is `x1`).
+
+    neural-tangents' `Kernel` also had `is_reversed`, `diagonal_batch`, `batch_axis` and `channel_axis`; they are
+    read-only properties here with the only values ntkit uses (not reversed, per-example covariances, batch axis 0,
+    channels last), so custom layers reading them port.
     """
 
     nngp: jax.Array
@@ -71,6 +75,8 @@ class KernelState:
     is_input: bool = dataclasses.field(default=False, metadata={"static": True})
     x1_is_x2: bool = dataclasses.field(default=False, metadata={"static": True})
     cov_diagonal: bool = dataclasses.field(default=False, metadata={"static": True})
+    mask1: jax.Array | None = None
+    mask2: jax.Array | None = None
 
     def replace(self, **changes) -> KernelState:
         """A copy with some fields replaced."""
@@ -95,16 +101,6 @@ class KernelState:
     def channel_axis(self) -> int:
         """The channel axis of the activations: always the last."""
         return len(self.shape1) - 1
-
-    @property
-    def mask1(self) -> None:
-        """Masks of masked inputs: ntkit has none."""
-        return None
-
-    @property
-    def mask2(self) -> None:
-        """Masks of masked inputs: ntkit has none."""
-        return None
 
     @property
     def n_spatial(self) -> int:
@@ -151,7 +147,7 @@ class KernelState:
 
 jax.tree_util.register_dataclass(
     KernelState,
-    data_fields=["nngp", "ntk", "cov1", "cov2"],
+    data_fields=["nngp", "ntk", "cov1", "cov2", "mask1", "mask2"],
     meta_fields=["shape1", "shape2", "diagonal_spatial", "is_gaussian", "is_input", "x1_is_x2", "cov_diagonal"],
 )
 
