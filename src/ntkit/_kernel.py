@@ -51,7 +51,11 @@ def fields_tuple(fields: tuple[str, ...]) -> type:
 
 
 def select(values: Mapping[str, Any], gets: tuple[str, ...], single: bool) -> Any:
-    """The array of the one requested kernel when `single`, else a `Kernel` with `None` where not requested."""
+    """The array of the one requested kernel when `single`, else a `Kernel` with `None` where not requested; for
+    `get=("ntk", "nngp")` a named tuple with the fields in that order (as neural-tangents), so that
+    `ntk, nngp = kernel_fn(x1, x2, ("ntk", "nngp"))` unpacks them in the order asked for."""
     if single:
         return values[gets[0]]
+    if list(gets) != sorted(gets, key=GETS.index):
+        return fields_tuple(tuple(gets))(*(values[g] for g in gets))
     return Kernel(**{g: values[g] if g in gets else None for g in GETS})
