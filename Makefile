@@ -48,7 +48,7 @@ docs: $(STAMP)
 	$(MKDOCS) build --strict --site-dir site
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
 clean:
