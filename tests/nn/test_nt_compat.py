@@ -288,3 +288,21 @@ def test_tuple_get_comes_back_in_the_order_asked(dtype):
         np.testing.assert_array_equal(ntk, call("ntk"), err_msg=name)
         np.testing.assert_array_equal(nngp, call("nngp"), err_msg=name)
         assert call(("nngp", "ntk"))._fields == ("nngp", "ntk")
+
+
+def test_diagonal_spatial_output_carries_only_diagonals(dtype):
+    """`diagonal_spatial=True` on a convolutional network: the layers carry only equal-position covariances (a
+    convolution's output diagonal needs only its input's), so 64×64 images fit in 20 MB where the full spatial
+    covariances need ~0.5 GB per pair; the result equals the diagonal of the full kernel."""
+    conv = lambda: stax.Conv(4, (3, 3), padding="SAME", W_std=1.4, b_std=0.1)  # noqa: E731
+    net = stax.serial(conv(), stax.Relu(), conv())
+    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 1), dtype)
+    k = net.kernel(x, None, ("nngp", "ntk"), diagonal_spatial=True, memory_limit=20e6)
+    assert k.ntk.shape == (2, 2, 64, 64)
+    with pytest.raises(ValueError, match="memory_limit"):
+        net.kernel(x, None, "ntk", memory_limit=20e6)
+    small = x[:, :10, :10]
+    full = net.kernel(small, None, ("nngp", "ntk"))
+    diagonal = net.kernel(small, None, ("nngp", "ntk"), diagonal_spatial=True)
+    for g in ("nngp", "ntk"):
+        assert_close(getattr(diagonal, g), np.einsum("abiijj->abij", getattr(full, g)), dtype)

@@ -68,7 +68,9 @@ def mlp(depth: int, width: int, n_outputs: int, activation: str, W_std: float, b
 def _leaves(layer) -> list:
     """The layers of a combinator tree, depth first (serial, parallel, repeat and any layer holding layers)."""
     children = []
-    if dataclasses.is_dataclass(layer):
+    if isinstance(layer, stax.serial):  # `repeat` too: its copies (it also holds the layer it repeats)
+        children = [v for v in layer.layers if isinstance(v, stax.Layer)]
+    elif dataclasses.is_dataclass(layer):
         for field in dataclasses.fields(layer):
             value = getattr(layer, field.name)
             if isinstance(value, stax.Layer):

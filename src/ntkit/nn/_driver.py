@@ -22,7 +22,7 @@ from .._kernel import GETS, Kernel, parse_get, select
 from .._kwargs import fold_rng, split_kwargs
 from .._tiling import Assembly, Tiles, interleaved_mirror
 from . import _masking
-from ._state import COV_FULL, COV_NONE, CovLevel, KernelState, input_state
+from ._state import COV_FULL, COV_NONE, CovLevel, KernelState, diagonal_spatial_state, input_state
 
 
 class KernelLayer(Protocol):
@@ -292,9 +292,16 @@ def _batch_size_for(memory_limit, estimate, n1: int, n2: int) -> int:
     return -(-n // -(-n // lo))  # as many tiles as `lo` needs, evened out (one compiled shape, not a ragged one)
 
 
+def _diagonal_states(k: Any) -> Any:
+    """The state (or each state of a multi-output network) in the layout `diagonal_spatial=True`."""
+    return [diagonal_spatial_state(o) for o in k] if isinstance(k, list | tuple) else diagonal_spatial_state(k)
+
+
 def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: int | None, kwargs: dict[str, Any],
-                   memory_limit: float | None = None, mask_constant: Any = None) -> Any:
-    """`layer`'s kernel between `x1` and `x2` (see `Layer.kernel` for the arguments)."""
+                   memory_limit: float | None = None, mask_constant: Any = None, out_full: bool = True) -> Any:
+    """`layer`'s kernel between `x1` and `x2` (see `Layer.kernel` for the arguments). `out_full=False`: only the
+    entries of equal spatial positions come back (`diagonal_spatial=True`), and the layers carry full spatial
+    covariances only where a later layer needs them (a convolution's output diagonal needs only its input's)."""
     gets, single = (None, False) if get is None else parse_get(get)
     batch_size = check_batch_size(batch_size)
     if _is_state(x1):
@@ -306,8 +313,9 @@ def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: i
             k = x1
             for layers, indices in layer.compiled_steps():
                 k = _named_step(lambda s, ls, ix: _transform(ls, (), s, _step_kwargs(kwargs, ix)), k, layers, indices)
-            return _select(k, gets, single)
-        return _select(layer.transform(x1, **kwargs), gets, single)
+        else:
+            k = layer.transform(x1, **kwargs)
+        return _select(k if out_full else _diagonal_states(k), gets, single)
     _check_mask_constant(mask_constant)
     x1 = _check_input(x1, "x1", mask_constant)
     if x2 is not None:
@@ -318,7 +326,7 @@ def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: i
             if a.shape[1:] != b.shape[1:]:
                 raise ValueError(f"`x1` and `x2` must have the same shape past the batch axis, got {a.shape} "
                                  f"and {b.shape}.")
-    diagonal_spatial = not layer.needs_full(True)
+    diagonal_spatial = not layer.needs_full(out_full)
     compute_ntk = gets is None or "ntk" in gets
     # the whole state comes back when `get` is None; otherwise only what later layers read
     cov_level = layer.cov_needs(COV_FULL if gets is None else COV_NONE)
@@ -327,7 +335,8 @@ def compute_kernel(layer: KernelLayer, x1: Any, x2: Any, get: Any, batch_size: i
 
     def run(a, b, rows=slice(None), cols=slice(None)):
         tile = graph_tile(dynamic, rows, None if b is None else cols, x2 is None)
-        return _run(layer, diagonal_spatial, compute_ntk, cov_level, static, a, b, tile, constant)
+        k = _run(layer, diagonal_spatial, compute_ntk, cov_level, static, a, b, tile, constant)
+        return k if out_full else _diagonal_states(k)
 
     single_array = not isinstance(x1, list)
     n1 = x1.shape[0] if single_array else 0

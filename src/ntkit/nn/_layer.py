@@ -36,7 +36,7 @@ from . import _masking
 from ._axes import check_layout
 from ._driver import compute_kernel
 from ._enums import AttentionMechanism, Padding, PositionalEmbedding
-from ._state import CovLevel, KernelState, diagonal_spatial_state, spatial_diagonal
+from ._state import CovLevel, KernelState
 
 
 def canonical_hyperparameter(value: Any) -> Any:
@@ -194,12 +194,10 @@ class Layer(metaclass=_LayerMeta):
         if diagonal_spatial is not None and not isinstance(diagonal_spatial, bool | np.bool_):
             raise TypeError(f"`diagonal_spatial` must be a bool or None, got {diagonal_spatial!r}.")
         fields, single = (None, False) if get is None else parse_get(get, STATE_GETS)
+        out_full = not diagonal_spatial
         if fields is not None and set(fields) <= set(GETS):
-            out = compute_kernel(self, x1, x2, get, batch_size, kwargs, memory_limit, mask_constant)
-            return _map_outputs(_diagonal_kernel, out) if diagonal_spatial else out
-        state = compute_kernel(self, x1, x2, None, batch_size, kwargs, memory_limit, mask_constant)
-        if diagonal_spatial:
-            state = _map_outputs(diagonal_spatial_state, state)
+            return compute_kernel(self, x1, x2, get, batch_size, kwargs, memory_limit, mask_constant, out_full)
+        state = compute_kernel(self, x1, x2, None, batch_size, kwargs, memory_limit, mask_constant, out_full)
         if fields is None:
             return state
         return _map_outputs(lambda k: _fields(k, fields, single), state)
@@ -210,14 +208,6 @@ def _map_outputs(fn: Callable[[Any], Any], out: Any) -> Any:
     if isinstance(out, list):
         return [fn(o) for o in out]
     return fn(out)
-
-
-def _diagonal_kernel(out: Any) -> Any:
-    """A `(N1, N2, S_1, S_1', ...)` kernel (or a `Kernel` of them) reduced to `(N1, N2, S_1, ...)`."""
-    if isinstance(out, tuple):
-        fields: Any = type(out)
-        return fields(*[None if a is None else _diagonal_kernel(a) for a in out])
-    return spatial_diagonal(out, 2, (out.ndim - 2) // 2)
 
 
 def _fields(k: KernelState, fields: tuple[str, ...], single: bool) -> Any:
