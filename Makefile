@@ -29,7 +29,7 @@ demo: $(STAMP)
 # into a temporary folder.
 test: $(STAMP)
 	for x64 in 0 1; do for suite in $(SUITES); do \
-	  JAX_ENABLE_X64=$$x64 $(PYTEST) -m "not slow" $$suite || exit 1; done; done
+	  JAX_ENABLE_X64=$$x64 $(PYTEST) -m "not slow" --durations=8 $$suite || exit 1; done; done
 	JAX_ENABLE_X64=0 $(DOCTEST)
 	JAX_ENABLE_X64=1 $(PYTEST) --doctest-modules src/ntkit
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && $(MKDOCS) build --strict --site-dir "$$tmp"

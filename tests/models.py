@@ -8,13 +8,22 @@ def _normal(key, shape, dtype):
     return jax.random.normal(key, shape, dtype)
 
 
+def _add(a, b):
+    """`a + b` with `b` broadcast explicitly (the suite runs with `jax_numpy_rank_promotion="raise"`)."""
+    return a + jnp.broadcast_to(b, a.shape)
+
+
+def _mul(a, b):
+    return a * jnp.broadcast_to(b, a.shape)
+
+
 def mlp(dtype, n1=4, n2=3):
     k = jax.random.split(jax.random.key(0), 8)
 
     def f(p, x):
-        h = jax.nn.relu(x @ p["w1"] / jnp.sqrt(5.0).astype(dtype) + p["b1"])
-        h = jnp.tanh(h @ p["w2"] * 0.25 + p["b2"])
-        return h @ p["w3"] * 0.25 + p["b3"]
+        h = jax.nn.relu(_add(x @ p["w1"] / jnp.sqrt(5.0).astype(dtype), p["b1"]))
+        h = jnp.tanh(_add(h @ p["w2"] * 0.25, p["b2"]))
+        return _add(h @ p["w3"] * 0.25, p["b3"])
 
     params = {"w1": _normal(k[0], (5, 16), dtype), "b1": _normal(k[1], (16,), dtype),
               "w2": _normal(k[2], (16, 16), dtype), "b2": _normal(k[3], (16,), dtype),
@@ -28,7 +37,7 @@ def cnn(dtype, n1=3, n2=2):
     dn = ("NHWC", "HWIO", "NHWC")
 
     def f(p, x):
-        y = jax.lax.conv_general_dilated(x, p["k1"], (1, 1), "SAME", dimension_numbers=dn) / 3.0 + p["c1"]
+        y = _add(jax.lax.conv_general_dilated(x, p["k1"], (1, 1), "SAME", dimension_numbers=dn) / 3.0, p["c1"])
         y = jax.nn.relu(y)
         y = jax.lax.reduce_window(y, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4.0
         y = jax.lax.conv_general_dilated(y, p["k2"], (2, 2), "VALID", dimension_numbers=dn) / 3.0
@@ -47,7 +56,7 @@ def residual_layernorm(dtype, n1=4, n2=3):
     def layer_norm(h, gamma, beta):
         mean = jnp.mean(h, axis=-1, keepdims=True)
         var = jnp.var(h, axis=-1, keepdims=True)
-        return (h - mean) / jnp.sqrt(var + 1e-5) * gamma + beta
+        return _add(_mul((h - mean) / jnp.sqrt(var + 1e-5), gamma), beta)
 
     def f(p, x):
         h = x @ p["w_in"] / 2.0

@@ -235,7 +235,7 @@ def _flax_mlp(width, dtype):
         def __call__(self, x):
             w = self.param("w", jax.nn.initializers.normal(1.0, dtype), (x.shape[-1], self.features), dtype)
             b = self.param("b", jax.nn.initializers.normal(1.0, dtype), (self.features,), dtype)
-            return x @ w * jnp.asarray(1.5 / np.sqrt(x.shape[-1]), dtype) + b * jnp.asarray(0.1, dtype)
+            return x @ w * jnp.asarray(1.5 / np.sqrt(x.shape[-1]), dtype) + b[None] * jnp.asarray(0.1, dtype)
 
     class MLP(linen.Module):
         @linen.compact

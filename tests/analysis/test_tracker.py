@@ -48,7 +48,7 @@ def _reference(apply_fn, params_list, x, y):
 
 def _tiny():
     def apply_fn(p, x):
-        return jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]
+        return jnp.tanh(x @ p["w1"] + p["b1"][None]) @ p["w2"]
 
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     params = {"w1": jax.random.normal(k1, (3, 6)), "b1": jnp.zeros(6), "w2": jax.random.normal(k2, (6, 2)) / 2}

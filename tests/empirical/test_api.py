@@ -271,7 +271,7 @@ def test_tiling_a_model_that_couples_examples_is_refused(dtype):
 
     def batch_norm(p, x):  # batch statistics in training mode
         h = x @ p["w1"]
-        return ((h - h.mean(0)) / (h.std(0) + 1)) @ p["w2"]
+        return ((h - h.mean(0, keepdims=True)) / (h.std(0, keepdims=True) + 1)) @ p["w2"]
 
     with pytest.raises(ValueError, match="depends on the other examples of its batch"):
         ntkit.empirical_ntk_fn(batch_norm, implementation="jacobian")(x1, None, params, batch_size=2)

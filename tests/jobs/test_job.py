@@ -185,7 +185,7 @@ def _brute_force_kernels(f, params, x1, x2):
 
 def test_empirical_kernel_with_params(tmp_path, dtype):
     def f(p, x):
-        return jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]
+        return jnp.tanh(x @ p["w1"] + p["b1"][None]) @ p["w2"]
 
     keys = jax.random.split(jax.random.key(3), 3)
     params = {"w1": jax.random.normal(keys[0], (5, 32), dtype) / np.sqrt(5).astype(dtype),

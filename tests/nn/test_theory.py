@@ -46,7 +46,7 @@ def _covariances(dtype):
     rho = jnp.asarray([-0.99, -0.7, -0.2, 0.0, 0.3, 0.8, 0.999], dtype)
     var1 = jnp.asarray([0.3, 1.0, 2.5], dtype)[:, None]
     var2 = jnp.asarray([0.5, 1.7, 0.9], dtype)[:, None]
-    return rho * jnp.sqrt(var1 * var2), var1, var2
+    return rho[None, :] * jnp.sqrt(var1 * var2), var1, var2
 
 
 def test_erf_closed_form_matches_quadrature(dtype):

@@ -32,8 +32,8 @@ def _init(key, width, dtype):
 
 
 def mlp(p, x):
-    h = jax.nn.relu(x @ p["w1"] / np.sqrt(x.shape[-1]).astype(x.dtype) + p["b1"])
-    return h @ p["w2"] / np.sqrt(h.shape[-1]).astype(h.dtype) + p["b2"]
+    h = jax.nn.relu(x @ p["w1"] / np.sqrt(x.shape[-1]).astype(x.dtype) + p["b1"][None])
+    return h @ p["w2"] / np.sqrt(h.shape[-1]).astype(h.dtype) + p["b2"][None]
 
 
 def _mse(fx, y):

@@ -235,7 +235,7 @@ def test_critical_learning_rate_of_an_nn_network(dtype):
     eta = 1.2 * lr_crit
     p_above, (train, _, losses) = _train(apply_fn, x, xt, y, eta, 300, 1)(p)
     v = np.linalg.eigh(k0)[1][:, -1]
-    resid = np.asarray(jnp.concatenate([(apply_fn(p, x) - y)[None], train - y]), np.float64).reshape(301, -1)
+    resid = np.asarray(jnp.concatenate([(apply_fn(p, x) - y)[None], train - y[None]]), np.float64).reshape(301, -1)
     growth = (resid[:4] @ v) / (resid[0] @ v)  # steps 0..3
     predicted = (1 - eta * lam0 / y.size) ** np.arange(4)  # -1.4 per step
     np.testing.assert_allclose(growth, predicted, rtol=0.1)  # measured within 5%; -2.6 to -2.7 after 3 steps

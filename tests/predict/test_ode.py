@@ -179,7 +179,7 @@ def test_only_exactly_quadratic_losses_get_the_closed_form(dtype):
     k_dd, _, y, f0, _ = _problem(dtype, seed=4)
     kd, yd, fd = (np.asarray(v, np.float64) for v in (k_dd, y, f0))
     w = jnp.asarray([1.0, 3.0], dtype)
-    weighted = gradient_descent(lambda fx, y: 0.5 * jnp.mean(w * (fx - y) ** 2), k_dd, y)
+    weighted = gradient_descent(lambda fx, y: 0.5 * jnp.mean(w[None] * (fx - y) ** 2), k_dd, y)
     out = weighted(30.0, f0)
     ref = np.stack([yd[:, j] + scipy.linalg.expm(-30.0 * float(w[j]) / y.size * kd) @ (fd - yd)[:, j]
                     for j in range(2)], axis=1)

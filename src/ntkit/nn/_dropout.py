@@ -22,7 +22,7 @@ def _same_position(k, dtype) -> jax.Array:
     eye = jnp.ones((), dtype)
     for d, size in enumerate(spatial):
         e = jnp.eye(size, dtype=dtype)
-        eye = eye[..., None, None] * e if d else e
+        eye = eye[..., None, None] * e.reshape((1, 1) * d + e.shape) if d else e  # explicit ranks
     return eye
 
 
@@ -66,14 +66,14 @@ class Dropout(Layer):
         extra = 1 / (1 - self.rate) - 1
         same = _same_position(k, k.nngp.dtype)
         # every entry of a diagonal-only covariance is at one position
-        factor_cov = 1 + extra * (jnp.ones((), k.nngp.dtype) if k.cov_is_diagonal else same)
+        factor_cov = 1 + extra * (jnp.ones((), k.nngp.dtype) if k.cov_is_diagonal else same[None])
         cov1 = None if k.cov1 is None else k.cov1 * factor_cov
         cov2 = None if k.cov2 is None else k.cov2 * factor_cov
         nngp, ntk = k.nngp, k.ntk
         if k.x1_is_x2:
             n = k.nngp.shape[0]
             eye = jnp.eye(n, dtype=k.nngp.dtype).reshape((n, n) + (1,) * (k.nngp.ndim - 2))
-            factor = 1 + extra * eye * same
+            factor = 1 + extra * eye * same.reshape((1, 1) + same.shape)
             nngp = nngp * factor
             ntk = None if ntk is None else ntk * factor
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False, is_input=False)

@@ -342,6 +342,12 @@ def times(t: ArrayLike, dtype: Any, name: str = "t", finite: bool = False) -> tu
     return jnp.asarray(t).astype(dtype), infinite
 
 
+def lead(a: jax.Array, ndim: int) -> jax.Array:
+    """`a` with leading axes of size 1 up to `ndim` axes: explicit broadcasting against arrays with leading time
+    axes (implicit rank promotion may be off, `jax_numpy_rank_promotion="raise"`)."""
+    return a.reshape((1,) * (ndim - a.ndim) + a.shape) if a.ndim < ndim else a
+
+
 def decay_factors(evals: jax.Array, tau: jax.Array) -> tuple[jax.Array, jax.Array]:
     """For every time `τ` (any shape) and eigenvalue `λ`: `e^{−τλ} − 1` and `(1 − e^{−τλ})/λ` for `λ > 0`, both 0 at
     `λ = 0`.
@@ -353,6 +359,7 @@ def decay_factors(evals: jax.Array, tau: jax.Array) -> tuple[jax.Array, jax.Arra
     by `τ`. Written with `jnp.where` on safe operands, so derivatives in `τ` and `λ` stay finite.
     """
     tau = tau[..., None]
+    evals = lead(evals, tau.ndim)
     pos = evals > 0
     x = jnp.where(pos, tau * evals, jnp.zeros_like(tau * evals))
     expm1 = jnp.expm1(-x)

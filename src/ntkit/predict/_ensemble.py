@@ -27,6 +27,7 @@ from ._common import (
     decay_factors,
     float_dtype,
     iterative_solve,
+    lead,
     outputs_type,
     regularize,
     ridge_scale,
@@ -148,9 +149,9 @@ class EnsemblePredictor:
                 if compute_cov:
                     cov = jnp.zeros_like(prior_dd)
             else:
-                mean = -evecs @ (expm1[..., :, None] * (evecs.T @ y))
+                mean = -evecs @ (expm1[..., :, None] * lead(evecs.T @ y, expm1.ndim + 1))
                 if compute_cov:
-                    e = (evecs * (1 + expm1)[..., None, :]) @ evecs.T  # e^{−τΘ̃}
+                    e = (lead(evecs, expm1.ndim + 1) * (1 + expm1)[..., None, :]) @ evecs.T  # e^{−τΘ̃}
                     cov = e @ prior_dd @ jnp.swapaxes(e, -1, -2)
             n_out = n
         else:
@@ -162,13 +163,13 @@ class EnsemblePredictor:
                 if t is None:
                     a = fac.solve(k_td.T).T  # Θ(x,X) Θ̃⁻¹
                 else:
-                    a = ((k_td @ evecs) * inv[..., None, :]) @ evecs.T  # (*t, N_test·M, N·M)
+                    a = (lead(k_td @ evecs, inv.ndim + 1) * inv[..., None, :]) @ evecs.T  # (*t, N_test·M, N·M)
                 mean = a @ y
             if compute_cov:
                 assert a is not None
                 cross = a @ test["nngp_td"].T
-                cov = (test["nngp_tt"] + a @ prior_dd @ jnp.swapaxes(a, -1, -2)
-                       - (cross + jnp.swapaxes(cross, -1, -2)))
+                spread = a @ prior_dd @ jnp.swapaxes(a, -1, -2) - (cross + jnp.swapaxes(cross, -1, -2))
+                cov = lead(test["nngp_tt"], spread.ndim) + spread
             n_out = k_td.shape[0] // layout.paired_size
         mean = layout.from_matrix(mean, n_out)
         if cov is None:

@@ -23,6 +23,7 @@ from ._common import (
     concrete_eval,
     decay_factors,
     float_dtype,
+    lead,
     regularize,
     target_layout,
     times,
@@ -74,10 +75,12 @@ class MSEPredictor:
                 fac.check_invertible_eigh()
             tau = t_arr * (as_scalar(self.learning_rate, dtype) / self.y_train.size)
             expm1, inv = decay_factors(evals, tau)  # (*t.shape, P)
-            coef = evecs.T @ resid  # (P, R)
-            train = f0 + layout.from_matrix(evecs @ (expm1[..., :, None] * coef), n)
+            coef = lead(evecs.T @ resid, expm1.ndim + 1)  # (..., P, R)
+            moved = layout.from_matrix(evecs @ (expm1[..., :, None] * coef), n)
+            train = lead(f0, moved.ndim) + moved
             if want_test:
-                test = g0 - layout.from_matrix(kxt @ (evecs @ (inv[..., :, None] * coef)), n_test)
+                moved = layout.from_matrix(kxt @ (evecs @ (inv[..., :, None] * coef)), n_test)
+                test = lead(g0, moved.ndim) - moved
 
         if want_train and want_test:
             return train, test

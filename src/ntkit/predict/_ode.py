@@ -353,7 +353,7 @@ def gradient_descent(loss: Loss, k_train_train: ArrayLike, y_train: ArrayLike,
         with concrete_eval(k):
             evals, evecs = fac.eigh  # checks the spectrum
             if fac.clipped:  # integrate with the kernel's positive semi-definite part
-                k = (evecs * evals) @ evecs.T
+                k = (evecs * evals[None, :]) @ evecs.T
     closed_form = None
     quadratic = quadratic_loss(loss, y_train) if method == "auto" and momentum is None else None
     if quadratic is not None:  # ∇L = a (f − b): the closed form of gradient_descent_mse, with τ = η a t

@@ -95,7 +95,7 @@ class _ArchitectureKernel(Kernel):
         if not free:
             return np.array(k, dtype=np.float64), np.empty(k.shape + (0,))
         jac = jax.jacfwd(fn)(values)  # (n, n, n_free); ∂k/∂log θ = θ ∂k/∂θ
-        return np.array(k, dtype=np.float64), np.array(jac * values, dtype=np.float64)
+        return np.array(k, dtype=np.float64), np.array(jac * values[None, None, :], dtype=np.float64)
 
     def diag(self, X: Any) -> np.ndarray:
         """`k(x, x)` for every row of `X`, one example at a time (the full matrix is never formed)."""
