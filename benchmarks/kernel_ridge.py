@@ -104,7 +104,8 @@ def _large(n: int, n_test: int, rank: int, block: int, maxiter: int) -> dict:
             "peak_rss_gb": round(_peak_rss_gb(), 2)}
 
 
-def _store(n: int, n_test: int, rank: int, tile: int, maxiter: int, store_dir: str) -> dict:
+def _store(n: int, n_test: int, rank: int, tile: int, maxiter: int, store_dir: str, keep: str | None = None,
+           ridge_factor: float = 1e-3) -> dict:
     import shutil
     import tempfile
 
@@ -115,24 +116,27 @@ def _store(n: int, n_test: int, rank: int, tile: int, maxiter: int, store_dir: s
 
     kernel_fn = _kernel_fn()
     x, y, x_test, y_test = _task(n, n_test, np.float32)
-    folder = tempfile.mkdtemp(prefix="ntkit-kernel-ridge-", dir=store_dir)
-    store = os.path.join(folder, "k.zarr")
+    folder = tempfile.mkdtemp(prefix="ntkit-kernel-ridge-", dir=store_dir) if keep is None else None
+    store = os.path.join(folder, "k.zarr") if keep is None else keep
+    reused = keep is not None and os.path.exists(keep) and jobs.status(keep).complete
     try:
         start = time.perf_counter()
-        jobs.kernel_job(kernel_fn, x, store=store, get="ntk", tile=tile, progress=False)
+        jobs.kernel_job(kernel_fn, x, store=store, get="ntk", tile=tile, progress=False)  # resumes a kept store
         job_s = time.perf_counter() - start
         size_gb = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(store) for f in fs) / 2**30
         k = jobs.open(store, get="ntk")
         start = time.perf_counter()
         # the mean diagonal from 1,000 examples (single entries of the store would each read a whole tile)
-        ridge = 1e-3 * float(np.mean(np.diag(np.asarray(kernel_fn(x[::max(1, n // 1000)], None, "ntk")))))
+        ridge = ridge_factor * float(np.mean(np.diag(np.asarray(kernel_fn(x[::max(1, n // 1000)], None, "ntk")))))
         result = kernel_ridge(k, y, ridge, method="cg", rank=rank, maxiter=maxiter, not_converged="warn")
         solve_s = time.perf_counter() - start
         pred = np.asarray(matmul(KernelOperator(kernel_fn, x_test, x, get="ntk", block_size=4096), result.weights))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return {"n_train": n, "n_test": n_test, "dtype": "float32", "ridge": ridge, "tile": tile,
-            "job_s": round(job_s, 1), "store_gb": round(size_gb, 2), "solve_s": round(solve_s, 1),
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    return {"n_train": n, "n_test": n_test, "dtype": "float32", "ridge": ridge, "ridge_factor": ridge_factor,
+            "tile": tile, "store_reused": reused, "job_s": round(job_s, 1), "store_gb": round(size_gb, 2),
+            "solve_s": round(solve_s, 1),
             "iterations": result.info.iterations, "rank": result.info.rank, "tol": result.info.tol,
             "converged": result.info.converged, "residual": result.info.residual,
             "test_mse": float(np.mean((pred - y_test) ** 2)), "peak_rss_gb": round(_peak_rss_gb(), 2)}
@@ -151,6 +155,10 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=4096, help="tile of the store case's kernel job")
     parser.add_argument("--store-dir", default=None, help="where the store case writes its Zarr store (a temporary "
                                                          "folder in it, deleted after; default the system's)")
+    parser.add_argument("--store", default=None, help="the store case's Zarr store, kept after (a finished one is "
+                                                     "reused: its job time is then only the check)")
+    parser.add_argument("--ridge-factor", type=float, default=1e-3, help="ridge of the store case, times the mean "
+                                                                         "diagonal")
     parser.add_argument("--quick", action="store_true", help="N = 2,000 and 5,000")
     args = parser.parse_args()
     import jax
@@ -167,7 +175,8 @@ def main() -> None:
         elif case == "large":
             results[case] = _large(args.n_large, 2000, args.rank, args.block, args.maxiter)
         elif case == "store":
-            results[case] = _store(args.n_large, 2000, args.rank, args.tile, args.maxiter, args.store_dir)
+            results[case] = _store(args.n_large, 2000, args.rank, args.tile, args.maxiter, args.store_dir,
+                                   args.store, args.ridge_factor)
         else:
             raise SystemExit(f"unknown case {case!r}; choose from {CASES}")
         print(json.dumps(results[case], indent=1), flush=True)
