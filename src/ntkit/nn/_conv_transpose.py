@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ._conv import Conv
-from ._dense import add_bias, affine_kernel, affine_scales, bias_shape, init_affine
+from ._dense import add_bias, affine_kernel, affine_scales
 from ._state import check_state
 from ._windows import window_sum
 
@@ -94,15 +94,6 @@ class ConvTranspose(Conv):
         s_w, s_b = affine_scales(self.W_std, self.b_std, self.parameterization, w.shape[-2] * math.prod(w.shape[:-2]),
                                  self._s[0])
         return add_bias(s_w * z, b, s_b)
-
-    def init(self, key, input_shape):
-        input_shape = tuple(input_shape)
-        spatial = self._check_spatial(input_shape)
-        c_in = input_shape[-1]
-        fan_in = math.prod(self.filter_shape) * c_in / self._s[0]
-        params = init_affine(key, self.filter_shape + (c_in, self._width), fan_in,
-                             bias_shape(len(input_shape), self._width), self.W_std, self.b_std, self.parameterization)
-        return (input_shape[0],) + spatial + (self._width,), params
 
     def transform(self, k, **kwargs):
         k = check_state(k, "ConvTranspose")
