@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._kernel import GETS
+from ._chunks import ChunkFiles, chunk_files
 from ._store import Identity, done_flags, normalize, open_group, read_identity
 
 
@@ -94,6 +95,7 @@ class KernelArray:
         self.get = get
         self.identity = identity
         self._array: Any = None
+        self._files: ChunkFiles | None | bool = False  # False: not looked at yet
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -118,7 +120,7 @@ class KernelArray:
         return f"KernelArray({self.store!r}, get={self.get!r}, shape={self.shape}, dtype={self.dtype})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__, _array=None)
+        return dict(self.__dict__, _array=None, _files=False)
 
     def _zarr(self) -> Any:
         if self._array is None:
@@ -159,23 +161,36 @@ class KernelArray:
         (`ntkit.solve` does)."""
         return self.identity.tile if self.identity.symmetric else None
 
-    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """The block `[r0:r1, c0:c1]`: one read, or for a symmetric job one read per tile, lower tiles mirrored."""
-        array = self._zarr()
-        if not self.identity.symmetric:
-            return np.asarray(array[r0:r1, c0:c1])
+    def _chunk_files(self) -> ChunkFiles | None:
+        if self._files is False:
+            self._files = chunk_files(self.store, self.get, self.shape, self.identity.tile, self.dtype)
+        return self._files if isinstance(self._files, ChunkFiles) else None
+
+    def _tile(self, ti: int, tj: int, a0: int, a1: int, b0: int, b1: int) -> np.ndarray:
+        """Rows `a0:a1`, columns `b0:b1` of the stored tile `(ti, tj)`."""
+        files = self._chunk_files()
+        if files is None:
+            return np.asarray(self._zarr()[a0:a1, b0:b1])
         t = self.identity.tile
-        if r0 // t <= c0 // t and (r1 - 1) // t == r0 // t and (c1 - 1) // t == c0 // t:
-            return np.asarray(array[r0:r1, c0:c1])  # within one stored tile: no copy into a new block
+        return files.read(ti, tj)[a0 - ti * t:a1 - ti * t, b0 - tj * t:b1 - tj * t]
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """The block `[r0:r1, c0:c1]`, tile by tile; of a symmetric job, tiles below the diagonal are mirrored."""
+        t = self.identity.tile
+        sym = self.identity.symmetric
+        if not sym and self._chunk_files() is None:
+            return np.asarray(self._zarr()[r0:r1, c0:c1])
+        if (r1 - 1) // t == r0 // t and (c1 - 1) // t == c0 // t and (not sym or r0 // t <= c0 // t):
+            return self._tile(r0 // t, c0 // t, r0, r1, c0, c1)  # within one stored tile: no copy into a new block
         out = np.empty((r1 - r0, c1 - c0), self.dtype)
         for ti in range(r0 // t, -(-r1 // t)):
             a0, a1 = max(ti * t, r0), min((ti + 1) * t, r1)
             for tj in range(c0 // t, -(-c1 // t)):
                 b0, b1 = max(tj * t, c0), min((tj + 1) * t, c1)
-                if ti <= tj:
-                    out[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = array[a0:a1, b0:b1]
+                if not sym or ti <= tj:
+                    out[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = self._tile(ti, tj, a0, a1, b0, b1)
                 else:
-                    out[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = np.asarray(array[b0:b1, a0:a1]).T
+                    out[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = self._tile(tj, ti, b0, b1, a0, a1).T
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
