@@ -270,3 +270,18 @@ def test_auto_picks_cg_when_the_matrix_does_not_fit(problem, monkeypatch):
     _check(out, exact, np.float64, cond, 1e-9)
     monkeypatch.setattr(operator, "memory_budget_bytes", lambda: 3.1 * N * N * 8)
     assert kernel_ridge(k, y, ridge, method="auto").info.method == "cholesky"
+
+
+def test_rank_reduced_to_the_memory_budget_with_a_warning(problem, monkeypatch):
+    import ntkit.solve._ridge as ridge_module
+
+    _, k, y, ridge, exact, cond = problem
+    # half the budget holds N × 40 float64 numbers and N × 40 of the kernel's: rank 40 at most
+    monkeypatch.setattr(ridge_module, "memory_budget_bytes", lambda: 2 * 40 * N * (8 + k.dtype.itemsize))
+    with pytest.warns(UserWarning, match="rank 100 reduced to 40"):
+        out = kernel_ridge(k, y, ridge, method="cg", rank=100, tol=1e-9)
+    assert out.info.rank == 40
+    _check(out, exact, np.float64, cond, 1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default rank is reduced quietly
+        assert kernel_ridge(k, y, ridge, method="cg", tol=1e-9).info.rank == 40

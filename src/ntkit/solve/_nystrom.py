@@ -90,9 +90,13 @@ class Preconditioner:
         w, v = w[keep], v[:, keep]
         if w.size == 0:
             return
-        u = factor @ (v / np.sqrt(w))
+        # U = F V Λ^{-1/2}, by row blocks straight into the kernel's dtype (no float64 copy of U's size)
+        basis = v / np.sqrt(w)
+        self.u = np.empty((factor.shape[0], w.size), dtype)
+        step = max(1, 2**25 // max(1, factor.shape[1]))
+        for i in range(0, factor.shape[0], step):
+            self.u[i:i + step] = factor[i:i + step] @ basis
         lam_r = float(w.min())
-        self.u = u.astype(dtype)
         self.scale = ((lam_r + ridge) / (w + ridge) - 1.0).astype(dtype)
         self.rank = int(w.size)
 

@@ -189,8 +189,9 @@ def kernel_ridge(k: Any, y: Any, ridge: float, method: Method = "auto", precondi
       ridge: `μ ≥ 0`, added to the diagonal in absolute units.
       method: `"auto"`, `"cholesky"` or `"cg"` (see `Method`).
       preconditioner: `"nystrom"` (default) or `"none"` (plain CG), for `"cg"`.
-      rank: the largest Nyström rank (default `min(N, 1000)`, less if `N × rank` float64 numbers do not fit in an
-        eighth of the memory budget).
+      rank: the largest Nyström rank (default `min(N, 1000)`; reduced, with a warning when it was given, to what
+        fits in half the memory budget: `N × rank` float64 numbers for the factor and as many of the kernel's
+        dtype for the preconditioner).
       tol: CG stops when every column's relative residual `‖y − (K + μI) α‖ / ‖y‖` is below it (default
         `max(1e-6, 1000·eps)` of the kernel's dtype). The error of α is at most `cond(K + μI) · tol` relative.
       maxiter: largest number of CG iterations (default 1000).
@@ -243,11 +244,18 @@ def kernel_ridge(k: Any, y: Any, ridge: float, method: Method = "auto", precondi
 
     y2 = y.reshape(n, -1)
     if options.preconditioner == "nystrom":
-        room = int(memory_budget_bytes() / 8 / (8 * n))
-        r = min(n, DEFAULT_RANK if options.rank is None else options.rank, max(room, 1))
+        # the factor F (float64) and the preconditioner's basis U (kernel dtype) held together in half the budget
+        room = max(int(memory_budget_bytes() / 2 / ((8 + dtype.itemsize) * n)), 1)
+        wanted = min(n, DEFAULT_RANK if options.rank is None else options.rank)
+        if options.rank is not None and wanted > room:
+            warnings.warn(f"kernel_ridge: Nyström rank {wanted} reduced to {room}, the largest whose factor "
+                          f"({n} × rank float64) and basis fit in half the memory budget "
+                          f"({memory_budget_bytes() / 2**30:.1f} GiB).", UserWarning, stacklevel=2)
         rng = np.random.default_rng(options.seed)
-        nys = rp_cholesky(op, r, ridge, rng, block=getattr(op, "pivot_block", None), name=name)
-        precond = Preconditioner(nys.factor, ridge, dtype)
+        factor = rp_cholesky(op, min(wanted, room), ridge, rng, block=getattr(op, "pivot_block", None),
+                             name=name).factor
+        precond = Preconditioner(factor, ridge, dtype)
+        del factor  # only U is used from here on
     else:
         if hasattr(op, "k") and isinstance(op.k, np.ndarray):
             _check_symmetric_dense(op.k, name)
