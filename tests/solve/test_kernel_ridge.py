@@ -285,3 +285,15 @@ def test_rank_reduced_to_the_memory_budget_with_a_warning(problem, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the default rank is reduced quietly
         assert kernel_ridge(k, y, ridge, method="cg", tol=1e-9).info.rank == 40
+
+
+def test_progress_bars_show_pivots_and_the_residual(problem, capsys):
+    _, k, y, ridge, _, _ = problem
+    out = kernel_ridge(k, y, ridge, method="cg", rank=50, tol=1e-9, progress=True)
+    err = capsys.readouterr().err
+    assert "Nyström pivots" in err and "conjugate gradients" in err
+    assert f"residual={out.info.residual:.2e}" in err  # the last iteration's, left on screen
+    kernel_ridge(k, y, ridge, method="cg", rank=50, tol=1e-9, progress=False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(TypeError, match="`progress`"):
+        kernel_ridge(k, y, ridge, method="cg", progress="yes")

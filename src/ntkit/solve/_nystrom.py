@@ -13,6 +13,7 @@ which makes `P⁻¹ (K + μI)` well conditioned once the residual's trace is sma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,10 +28,10 @@ class Nystrom(NamedTuple):
 
 
 def rp_cholesky(op: Any, rank: int, stop_trace: float, rng: np.random.Generator, block: int | None = None,
-                name: str = "k") -> Nystrom:
+                name: str = "k", on_columns: Callable[[int], None] | None = None) -> Nystrom:
     """Block randomly pivoted Cholesky of the square operator `op` up to `rank` columns, stopping early once the
     residual trace falls below `stop_trace`. Checks on the way what is cheap to see: a negative diagonal, and
-    asymmetry of the pivot block `K[S, S]`."""
+    asymmetry of the pivot block `K[S, S]`. `on_columns(c)` is told of every `c` columns added (progress)."""
     n = op.shape[0]
     diag = op.diagonal().astype(np.float64)
     scale = float(np.max(np.abs(diag))) if n else 0.0
@@ -65,6 +66,8 @@ def rp_cholesky(op: Any, rank: int, stop_trace: float, rng: np.random.Generator,
         c = new.shape[1]
         factor[:, k:k + c] = new
         k += c
+        if on_columns is not None:
+            on_columns(c)
         pivots.append(idx)
         resid = np.maximum(resid - np.einsum("ij,ij->i", new, new), 0.0)
         resid[idx] = 0.0

@@ -9,6 +9,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 
 import numpy as np
 import scipy.linalg
+from tqdm.auto import tqdm
 
 from .._memory import memory_budget_bytes
 from ._cg import pcg
@@ -162,10 +163,17 @@ def _relative(r: np.ndarray, y: np.ndarray) -> float:
     return float(np.max(np.linalg.norm(r2, axis=0) / np.where(ynorm > 0, ynorm, 1.0)))
 
 
+def _disabled(progress: bool | None) -> bool | None:
+    """tqdm's `disable`: None hides the bar where the output is not a terminal."""
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"`progress` must be True, False or None, got {progress!r}.")
+    return None if progress is None else not progress
+
+
 def kernel_ridge(k: Any, y: Any, ridge: float, method: Method = "auto", preconditioner: PreconditionerKind = "nystrom",
                  rank: int | None = None, tol: float | None = None, maxiter: int | None = None, *,
                  not_converged: NotConverged = "warn", seed: int = 0, block_bytes: float | None = None,
-                 name: str = "k") -> KernelRidgeResult:
+                 progress: bool | None = None, name: str = "k") -> KernelRidgeResult:
     r"""Kernel ridge regression weights: solves `(K + ridge·I) α = y`, for kernels too large to factorize.
 
     Predictions are then `f(x) = K(x, X) α` (`ntkit.solve.matmul` streams them from a large test-train kernel).
@@ -199,6 +207,8 @@ def kernel_ridge(k: Any, y: Any, ridge: float, method: Method = "auto", precondi
         `"raise"` (a `RuntimeError`), or `"ignore"`; `info.converged` says so in every case.
       seed: seed of the random pivots.
       block_bytes: size of one row block read from a lazy array (default 256 MiB).
+      progress: progress bars for CG (the Nyström pivots, then the iterations with the residual): True, False, or
+        None (the default) for a bar only on a terminal.
       name: how errors name `k`.
 
     Returns:
@@ -224,6 +234,7 @@ def kernel_ridge(k: Any, y: Any, ridge: float, method: Method = "auto", precondi
       (True, True, True)
     """
     options = SolverOptions(method, preconditioner, rank, tol, maxiter, not_converged, seed, block_bytes)
+    disable = _disabled(progress)
     ridge = _check_ridge(ridge)
     op = as_operator(k, name, block_bytes)
     if len(op.shape) != 2 or op.shape[0] != op.shape[1]:
@@ -252,8 +263,10 @@ def kernel_ridge(k: Any, y: Any, ridge: float, method: Method = "auto", precondi
                           f"({n} × rank float64) and basis fit in half the memory budget "
                           f"({memory_budget_bytes() / 2**30:.1f} GiB).", UserWarning, stacklevel=2)
         rng = np.random.default_rng(options.seed)
-        factor = rp_cholesky(op, min(wanted, room), ridge, rng, block=getattr(op, "pivot_block", None),
-                             name=name).factor
+        r = min(wanted, room)
+        with tqdm(total=r, desc="Nyström pivots", unit="col", disable=disable, leave=False) as bar:
+            factor = rp_cholesky(op, r, ridge, rng, block=getattr(op, "pivot_block", None), name=name,
+                                 on_columns=bar.update).factor
         precond = Preconditioner(factor, ridge, dtype)
         del factor  # only U is used from here on
     else:
@@ -266,7 +279,12 @@ def kernel_ridge(k: Any, y: Any, ridge: float, method: Method = "auto", precondi
         return op.matmul(v) + ridge_d * v
 
     its = 1000 if options.maxiter is None else options.maxiter
-    state = pcg(matvec, precond, y2, tol_value, its, name)
+    with tqdm(total=its, desc="conjugate gradients", unit="it", disable=disable) as bar:
+        def show(it: int, residual: float) -> None:
+            bar.update(1)
+            bar.set_postfix(residual=f"{residual:.2e}", tol=f"{tol_value:.1e}", refresh=False)
+
+        state = pcg(matvec, precond, y2, tol_value, its, name, callback=show)
     info = SolverInfo("cg", state.iterations, state.history, state.history[-1], state.converged, tol_value,
                       precond.rank)
     if not state.converged and options.not_converged != "ignore":
