@@ -28,7 +28,7 @@ demo: $(STAMP)
 # The suite runs twice: float32 (JAX_ENABLE_X64=0) and float64 (JAX_ENABLE_X64=1); so do the docstrings' examples
 # (doctests); the pages' examples in docs/*.md run in float32. Then the documentation is built, warnings as errors,
 # into a temporary folder.
-# The larger folders run on two pytest-xdist workers (1.33x faster on 2 cores for tests/nn: 208 s against 277 s;
+# The larger folders run on two pytest-xdist workers (tests/nn 1.33x faster on 2 cores: 208 s against 277 s;
 # compiling and tracing, most of a test's time, leave a core idle); the small ones are not worth a worker's start.
 test: $(STAMP)
 	for x64 in 0 1; do for suite in $(SUITES); do \
