@@ -45,7 +45,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	mkdir -p benchmarks/results
-	for script in benchmarks/*.py; do $(PY) $$script --out benchmarks/results || exit 1; done
+	for script in $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py)); do $(PY) $$script --out benchmarks/results || exit 1; done
 
 # The documentation (docs/ and the docstrings, see mkdocs.yml) as a static site in site/; open site/index.html.
 docs: $(STAMP)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
+
+from _report import machine, write
 
 
 def _architecture():
@@ -74,8 +75,7 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     tiles = state.tiles_total
     results = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-                    "load_average_1min": os.getloadavg()[0]},
+        "machine": machine(load_average_1min=os.getloadavg()[0]),
         "quick": args.quick,
         "job": {"architecture": "Conv64-Relu-Conv64-Relu-GlobalAvgPool-Dense", "n": n, "image": [8, 8, 3],
                 "tile": args.tile, "tiles": tiles, "get": ["nngp", "ntk"], "dtype": str(x.dtype)},
@@ -87,9 +87,7 @@ def main() -> None:
         "bit_identical": identical,
     }
     print(json.dumps(results, indent=1))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "jobs_throughput.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write(args.out, "jobs_throughput", results)
 
 
 if __name__ == "__main__":

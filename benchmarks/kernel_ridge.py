@@ -27,9 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import time
+
+from _report import machine, write
 
 CASES = ("dense", "large", "store")
 D = 16
@@ -173,7 +174,7 @@ def main() -> None:
     jax.config.update("jax_enable_x64", True)  # the float64 reference; this benchmark process only
     if args.quick:
         args.n, args.n_large = 2000, 5000
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__},
+    results = {"machine": machine(),
                "quick": args.quick}
     for case in args.cases.split(","):
         print(f"{case} ...", flush=True)
@@ -187,9 +188,7 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown case {case!r}; choose from {CASES}")
         print(json.dumps(results[case], indent=1), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "kernel_ridge.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write(args.out, "kernel_ridge", results)
 
 
 if __name__ == "__main__":

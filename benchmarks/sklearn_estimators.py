@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
+
+from _report import machine, write
 
 CASES = ("classifier", "gp", "svm")
 
@@ -107,15 +107,13 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)  # GPs want float64; this benchmark process only
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__},
+    results = {"machine": machine(),
                "quick": args.quick}
     for case in args.cases.split(","):
         print(f"{case} ...", flush=True)
         results[case] = {"classifier": _classifier, "gp": _gp, "svm": _svm}[case](args.quick)
         print(json.dumps(results[case], indent=1), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "sklearn_estimators.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write(args.out, "sklearn_estimators", results)
 
 
 if __name__ == "__main__":

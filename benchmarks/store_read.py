@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
+
+from _report import machine, write
 
 
 def _kernel_fn():
@@ -78,7 +79,7 @@ def main() -> None:
             raise SystemExit("the two readers gave different products")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__},
+    results = {"machine": machine(),
                "quick": args.quick, "n": args.n, "tile": args.tile, "store_gb": round(size_gb, 2),
                "job_s": round(job_s, 1),
                "read_s": {"chunk_files": round(read_files, 3), "zarr": round(read_zarr, 3),
@@ -86,9 +87,7 @@ def main() -> None:
                "product_s": {"chunk_files": round(product_files, 3), "zarr": round(product_zarr, 3),
                              "ratio": round(product_zarr / product_files, 2)}}
     print(json.dumps(results, indent=1))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "store_read.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write(args.out, "store_read", results)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
-import platform
 import statistics
 import time
+
+from _report import machine, write
 
 
 def _setup(steps: int):
@@ -96,8 +96,7 @@ def main() -> None:
         t, info = _run(setup, True)
         tracked.append(t)
     ratio = statistics.median(tracked) / statistics.median(plain)
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-                           "backend": jax.default_backend()},
+    results = {"machine": machine(backend=jax.default_backend()),
                "case": {"model": "Dense(1024)-Relu-Dense(10)", "data": "sklearn digits, 1797 x 64", "steps": steps,
                         "batch": 128, "every": defaults["every"].default,
                         "probe_size": defaults["probe_size"].default, "repeats": repeats},
@@ -108,9 +107,7 @@ def main() -> None:
                                                    / statistics.median(plain), 4),
                "tracker": info}
     print(json.dumps(results, indent=1), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "tracker_overhead.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write(args.out, "tracker_overhead", results)
 
 
 if __name__ == "__main__":
