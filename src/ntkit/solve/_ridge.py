@@ -256,12 +256,13 @@ def kernel_ridge(k: Any, y: Any, ridge: float, method: Method = "auto", precondi
     y2 = y.reshape(n, -1)
     if options.preconditioner == "nystrom":
         # the factor F (float64) and the preconditioner's basis U (kernel dtype) held together in half the budget
-        room = max(int(memory_budget_bytes() / 2 / ((8 + dtype.itemsize) * n)), 1)
+        budget = memory_budget_bytes()
+        room = max(int(budget / 2 / ((8 + dtype.itemsize) * n)), 1)
         wanted = min(n, DEFAULT_RANK if options.rank is None else options.rank)
         if options.rank is not None and wanted > room:
             warnings.warn(f"kernel_ridge: Nyström rank {wanted} reduced to {room}, the largest whose factor "
                           f"({n} × rank float64) and basis fit in half the memory budget "
-                          f"({memory_budget_bytes() / 2**30:.1f} GiB).", UserWarning, stacklevel=2)
+                          f"({budget / 2**30:.1f} GiB).", UserWarning, stacklevel=2)
         rng = np.random.default_rng(options.seed)
         r = min(wanted, room)
         with tqdm(total=r, desc="Nyström pivots", unit="col", disable=disable, leave=False) as bar:
